@@ -1,0 +1,111 @@
+"""Assemble and disassemble real x86-64 machine code.
+
+keystone-engine assembles (Intel syntax), capstone disassembles; both are the
+tools of the Unicorn family. Source follows NASM's conventions: one
+instruction per line, ``;`` starts a comment, ``name:`` defines a label.
+Taught in course/01_cpu/01_modes_privileges.ipynb.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from vmkit.core import VmkitError
+
+_LABEL = re.compile(r"^\s*([A-Za-z_.$][\w.$]*)\s*:")
+
+
+class AssemblyError(VmkitError):
+    """The assembler refused a line; ``.line`` is its 1-based number."""
+
+    def __init__(self, line: int, text: str, reason: str):
+        self.line = line
+        self.text = text
+        self.reason = reason
+        super().__init__(f"line {line}: {reason}: {text.strip()!r}")
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One decoded instruction."""
+
+    address: int
+    size: int
+    mnemonic: str
+    op_str: str
+    raw: bytes
+
+    @property
+    def text(self) -> str:
+        return f"{self.mnemonic} {self.op_str}".strip()
+
+    def __str__(self) -> str:
+        return f"{self.address:#08x}  {self.raw.hex(' '):<24} {self.text}"
+
+
+@lru_cache(maxsize=1)
+def _keystone():
+    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+
+    return Ks(KS_ARCH_X86, KS_MODE_64)
+
+
+@lru_cache(maxsize=1)
+def _capstone():
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+    return Cs(CS_ARCH_X86, CS_MODE_64)
+
+
+def _strip(source: str) -> list[str]:
+    return [line.split(";", 1)[0].rstrip() for line in source.splitlines()]
+
+
+def _reason(exc: Exception) -> str:
+    # KsError's text is "Invalid mnemonic (KS_ERR_ASM_MNEMONICFAIL)"
+    return str(exc).split(" (KS_ERR", 1)[0]
+
+
+def assemble(source: str, address: int = 0) -> bytes:
+    """Assemble x86-64 source (Intel syntax) placed at ``address``.
+
+    Raises:
+        AssemblyError: with the number of the first line the assembler refuses.
+    """
+    from keystone import KsError
+
+    lines = _strip(source)
+    text = "\n".join(lines)
+    if not text.strip():
+        return b""
+    try:
+        encoding, _ = _keystone().asm(text, address)
+    except KsError as exc:
+        raise _locate(lines, address, exc) from None
+    return bytes(encoding or b"")
+
+
+def _locate(lines: list[str], address: int, exc: Exception) -> AssemblyError:
+    """Find the line keystone refuses: keystone reports no line numbers."""
+    from keystone import KsError
+
+    labels = [m.group(1) + ":" for m in map(_LABEL.match, lines) if m]
+    for number, line in enumerate(lines, start=1):
+        body = _LABEL.sub("", line).strip()
+        if not body:
+            continue
+        try:
+            _keystone().asm("\n".join(labels + [body]), address)
+        except KsError as line_exc:
+            return AssemblyError(number, line, _reason(line_exc))
+    return AssemblyError(len(lines), lines[-1] if lines else "", _reason(exc))
+
+
+def disassemble(code: bytes, address: int = 0, count: int = 0) -> list[Instruction]:
+    """Decode ``code`` placed at ``address`` (at most ``count`` instructions if > 0)."""
+    return [
+        Instruction(i.address, i.size, i.mnemonic, i.op_str, bytes(i.bytes))
+        for i in _capstone().disasm(bytes(code), address, count)
+    ]

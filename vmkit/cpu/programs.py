@@ -1,0 +1,109 @@
+"""Ring-3 programs for the guest kernel, in real x86-64 assembly.
+
+Each function returns a :class:`Program`; system calls go through ``int 0x80``
+with Linux's numbers (rax = 1 write, 24 sched_yield, 39 getpid, 60 exit).
+Taught in course/01_cpu/01_modes_privileges.ipynb and 03_timers_multiplexing.ipynb.
+"""
+
+from __future__ import annotations
+
+from vmkit.core import VmkitError
+from vmkit.cpu.kernel import Program
+
+_EXIT = "    mov rax, 60\n    xor edi, edi\n    int 0x80\n"
+
+
+def _write(label: str, length: int) -> str:
+    return f"    mov rax, 1\n    lea rdi, [{label}]\n    mov rsi, {length}\n    int 0x80\n"
+
+
+def worker(name: str, letter: str, *, work: int = 300, rounds: int = 6) -> Program:
+    """Compute for ``work`` loop turns, print ``letter``, ``rounds`` times; then exit."""
+    if len(letter) != 1 or not letter.isprintable():
+        raise VmkitError(f"letter must be one printable character, not {letter!r}")
+    return Program(name, f"""
+    mov r12, {rounds}
+round:
+    mov rcx, {work}
+compute:
+    add rbx, rcx                ; some work: 3 instructions per turn
+    dec rcx
+    jnz compute
+{_write('letter', 1)}    dec r12
+    jnz round
+{_EXIT}letter: .ascii "{letter}"
+""")
+
+
+def spinner(name: str = "spin") -> Program:
+    """An infinite loop that never makes a system call."""
+    return Program(name, "forever:\n    inc rax\n    jmp forever\n")
+
+
+def hello(name: str = "hello", text: str = "Bonjour depuis l'anneau 3 !") -> Program:
+    """Print one line with write(2) and exit."""
+    data = text.replace("\\", "\\\\").replace('"', '\\"')
+    return Program(name, _write("text", len(text.encode()) + 1) + _EXIT + f'text: .ascii "{data}\\n"\n')
+
+
+PRIVILEGED = {
+    "hlt": "hlt",
+    "cli": "cli",
+    "out": "mov al, 0x41\n    out 0x80, al",
+    "mov cr3": "xor eax, eax\n    mov cr3, rax",
+    "lidt": "lidt [rsp]",
+    "wrmsr": "xor eax, eax\n    xor edx, edx\n    mov ecx, 0xC0000080\n    wrmsr",
+}
+
+
+def privileged(instruction: str, name: str | None = None) -> Program:
+    """Announce, then execute a privileged instruction at ring 3 (it raises #GP)."""
+    if instruction not in PRIVILEGED:
+        raise VmkitError(f"unknown privileged instruction {instruction!r}; known: {', '.join(PRIVILEGED)}")
+    return Program(name or instruction, _write("text", len(instruction) + 8) + f"""
+    {PRIVILEGED[instruction]}
+{_EXIT}text: .ascii "try: {instruction}...\\n"
+""")
+
+
+def getpid(name: str = "getpid") -> Program:
+    """Ask the kernel for its pid, print it as a digit, exit."""
+    return Program(name, """
+    mov rax, 39
+    int 0x80
+    add al, 0x30
+    mov byte ptr [digit], al
+    mov rax, 1
+    lea rdi, [text]
+    mov rsi, 8
+    int 0x80
+""" + _EXIT + 'text: .ascii "pid = "\ndigit: .ascii "?\\n"\n')
+
+
+def wild_pointer(address: int = 0x4000_0000, name: str = "wild") -> Program:
+    """Read memory at an address the machine does not have."""
+    return Program(name, f"    mov rax, {address:#x}\n    mov rbx, qword ptr [rax]\n{_EXIT}")
+
+
+def cpuid_probe(name: str = "cpuid") -> Program:
+    """CPUID leaf 0x40000000 (the hypervisor leaf); print the 12-byte vendor signature."""
+    return Program(name, """
+    mov eax, 0x40000000
+    cpuid
+    mov dword ptr [sig], ebx
+    mov dword ptr [sig+4], ecx
+    mov dword ptr [sig+8], edx
+    mov rax, 1
+    lea rdi, [text]
+    mov rsi, 24
+    int 0x80
+""" + _EXIT + 'text: .ascii "hypervisor: "\nsig: .ascii "............\\n"\n')
+
+
+def vmx_probe(mnemonic: str = "vmxon", name: str | None = None) -> Program:
+    """Execute one VMX instruction (exits in a VM, #UD on bare metal)."""
+    operands = {"vmxon": " [rsp]", "vmclear": " [rsp]", "vmptrld": " [rsp]", "vmptrst": " [rsp]",
+                "vmread": " rax, rbx", "vmwrite": " rax, rbx"}
+    if mnemonic not in operands and mnemonic not in ("vmlaunch", "vmresume", "vmxoff", "vmcall"):
+        raise VmkitError(f"unknown VMX instruction {mnemonic!r}")
+    return Program(name or mnemonic, f"    {mnemonic}{operands.get(mnemonic, '')}\n{_EXIT}")

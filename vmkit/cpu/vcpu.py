@@ -1,0 +1,404 @@
+"""A virtual CPU: unicorn executes the guest's instructions, vmkit does the rest.
+
+Unicorn (QEMU's TCG) runs real x86-64 code, checks privileges (CPL from the
+segment registers) and executes ``iretq``, ``lidt``, ``ltr``. It does not
+deliver interrupts through the guest's IDT: it hands them to a hook. So
+delivery is modelled here as SDM Vol. 3A §6.14 describes it: read the 64-bit
+gate, check its DPL, switch to the TSS's RSP0 when the privilege changes,
+push SS, RSP, RFLAGS, CS, RIP (and the error code), clear IF for an interrupt
+gate; a fault during delivery escalates to a double fault, and a fault while
+delivering that to a triple fault (Table 6-5).
+
+unicorn 2.1's Python binding cannot hook RDMSR/WRMSR, so at ring 0 they run
+on unicorn's own MSR model and never stop a slice (no MSR exits, 31/32).
+
+Time is counted in instructions: unicorn's own counter for ``emu_start``'s
+``count`` (``uc_struct.emu_counter``) is read to know how many instructions a
+slice ran even when it stops early. Nothing in the guest can reach the host:
+guest-physical memory is a unicorn mapping and an access outside it stops the
+slice with a MEMORY stop, never a Python crash.
+Taught in course/01_cpu/01_modes_privileges.ipynb.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import lru_cache
+
+from vmkit.core import VmkitError
+from vmkit.cpu.asm import Instruction, disassemble
+from vmkit.cpu.x86 import (
+    CONTRIBUTORY,
+    ERROR_CODE_VECTORS,
+    KERNEL_CS,
+    KERNEL_DS,
+    RFLAGS,
+    TSS_RSP0,
+    Gate,
+    GateType,
+    Vector,
+)
+
+GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_END = 0xFFFF_FFFF_FFFF_FFFF  # emu_start's "until": never reached
+
+
+class StopKind(Enum):
+    """Why a slice of guest execution ended."""
+
+    BUDGET = "budget"          # the instruction budget ran out (a timer)
+    INTERRUPT = "interrupt"    # int n, or an exception the CPU raised
+    IO = "io"                  # in/out
+    CPUID = "cpuid"
+    HLT = "hlt"
+    INVALID = "invalid"        # an opcode unicorn refuses (VMX instructions among them)
+    MEMORY = "memory"          # an access outside the machine's memory
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The end of one slice: what happened, where, after how many instructions."""
+
+    kind: StopKind
+    retired: int
+    rip: int
+    cpl: int
+    length: int = 0
+    vector: int | None = None
+    software: bool = False
+    port: int | None = None
+    size: int | None = None
+    direction: str | None = None
+    value: int | None = None
+    address: int | None = None
+    access: str | None = None
+    mnemonic: str = ""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the CPU did to deliver one event through the IDT."""
+
+    chain: tuple[int, ...]         # vectors tried, e.g. (32, 13, 8) before a triple fault
+    triple_fault: bool
+    from_cpl: int
+    to_cpl: int | None = None
+    handler: int | None = None
+    stack: int | None = None
+    frame: tuple[int, ...] = field(default=())
+
+
+@lru_cache(maxsize=1)
+def _counter_offset() -> int:
+    """Locate ``emu_counter`` in unicorn's ``uc_struct`` by calibration.
+
+    unicorn counts the instructions of ``emu_start(count=n)`` in this field
+    and exposes no API to read it. Two runs of known length tell its offset;
+    the field sits next to ``emu_count`` (the requested n).
+    """
+    from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x1000)
+    uc.mem_write(0, b"\x90" * 0xFF0 + b"\xeb\xfe")  # nops, then jmp $
+    base = uc._uch.value
+    seen = []
+    for n in (1234, 777):
+        uc.emu_start(0, _END, count=n)
+        seen.append(ctypes.string_at(base, 8192))
+    for off in range(0, 8192 - 16, 8):
+        a = struct.unpack_from("<QQ", seen[0], off)
+        b = struct.unpack_from("<QQ", seen[1], off)
+        if a == (1235, 1234) and b == (778, 777):
+            return off
+    raise VmkitError(
+        "cannot find unicorn's instruction counter; vmkit needs unicorn 2.1 "
+        "(pip install 'unicorn>=2.1,<2.2')"
+    )
+
+
+class VCPU:
+    """One x86-64 logical processor with its guest-physical memory.
+
+    ``memory_size`` bytes are mapped from address 0. The boot state is what a
+    boot loader leaves: 64-bit mode, ring 0, the GDT at ``gdt`` loaded.
+    """
+
+    def __init__(self, memory_size: int = 0x100000, *, gdt: int = 0x1000, gdt_bytes: bytes = b""):
+        from unicorn import (
+            UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
+            UC_HOOK_MEM_UNMAPPED, UC_MODE_64, Uc,
+        )
+        from unicorn import x86_const as X
+
+        if memory_size <= 0 or memory_size % 0x1000:
+            raise VmkitError(f"memory_size must be a positive multiple of 4096, not {memory_size}")
+        self._X = X
+        self.memory_size = memory_size
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc.mem_map(0, memory_size)
+        self._offset = _counter_offset()
+        self._base = self.uc._uch.value
+        self._stop: Stop | None = None
+        if gdt_bytes:
+            self.uc.mem_write(gdt, gdt_bytes)
+            self.uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt, len(gdt_bytes) - 1, 0))
+            self.uc.reg_write(X.UC_X86_REG_SS, KERNEL_DS)
+            self.uc.reg_write(X.UC_X86_REG_CS, KERNEL_CS)
+        # The ring-0 register file: unicorn derives the CPL from the segment
+        # caches, which reg_write cannot lower; restoring this context is how
+        # interrupt delivery enters ring 0 (see deliver()).
+        self._ring0 = self.uc.context_save()
+        self._regid = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in GPRS + ("rip", "rflags", "cs", "ss", "ds", "es", "cr0", "cr2", "cr3", "cr4")}
+        self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+
+    # -- registers and memory -------------------------------------------------
+
+    def reg(self, name: str) -> int:
+        """Read a register by its lower-case name (rax, rip, cs, cr3, ...)."""
+        return self.uc.reg_read(self._id(name))
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.uc.reg_write(self._id(name), value)
+
+    def _id(self, name: str) -> int:
+        try:
+            return self._regid[name]
+        except KeyError:
+            raise VmkitError(f"unknown register {name!r}; known: {', '.join(self._regid)}") from None
+
+    def registers(self) -> dict[str, int]:
+        """The general-purpose registers, RIP, RFLAGS, CS and SS."""
+        return {name: self.reg(name) for name in GPRS + ("rip", "rflags", "cs", "ss")}
+
+    @property
+    def rip(self) -> int:
+        return self.reg("rip")
+
+    @property
+    def cpl(self) -> int:
+        """The current privilege level: the RPL of CS (SDM 5.5)."""
+        return self.reg("cs") & 3
+
+    def idtr(self) -> tuple[int, int]:
+        _, base, limit, _ = self.uc.reg_read(self._X.UC_X86_REG_IDTR)
+        return base, limit
+
+    def read(self, address: int, size: int) -> bytes:
+        """Read guest-physical memory; outside the machine is a caller error."""
+        self._check_range(address, size)
+        return bytes(self.uc.mem_read(address, size))
+
+    def write(self, address: int, data: bytes) -> None:
+        self._check_range(address, len(data))
+        self.uc.mem_write(address, bytes(data))
+
+    def read_u64(self, address: int) -> int:
+        return struct.unpack("<Q", self.read(address, 8))[0]
+
+    def write_u64(self, address: int, value: int) -> None:
+        self.write(address, struct.pack("<Q", value & _END))
+
+    def _check_range(self, address: int, size: int) -> None:
+        if address < 0 or address + size > self.memory_size:
+            raise VmkitError(
+                f"{address:#x}..{address + size:#x} is outside this machine's "
+                f"memory (0..{self.memory_size:#x})"
+            )
+
+    def disassemble_at(self, address: int, count: int = 1) -> list[Instruction]:
+        end = min(address + 15 * count, self.memory_size)
+        return disassemble(self.read(address, end - address), address, count)
+
+    # -- running ----------------------------------------------------------------
+
+    def _count(self) -> int:
+        return struct.unpack("<Q", ctypes.string_at(self._base + self._offset, 8))[0]
+
+    def run(self, budget: int) -> Stop:
+        """Run at most ``budget`` instructions; return why and where it stopped."""
+        from unicorn import UcError
+
+        if budget <= 0:
+            return Stop(StopKind.BUDGET, 0, self.rip, self.cpl)
+        self._stop = None
+        try:
+            self.uc.emu_start(self.rip, _END, count=budget)
+        except UcError:
+            if self._stop is None:
+                raise
+        if self._stop is not None:
+            stop = self._stop
+            self.set_reg("rip", stop.rip)
+            return stop
+        retired = self._count()
+        if retired > budget:
+            return Stop(StopKind.BUDGET, budget, self.rip, self.cpl)
+        # unicorn returns early without a hook only on hlt (at CPL 0; at CPL 3
+        # hlt raises #GP). RIP is left after the hlt; report the hlt itself.
+        rip = self.rip - 1
+        self.set_reg("rip", rip)
+        return Stop(StopKind.HLT, retired - 1, rip, self.cpl, length=1, mnemonic="hlt")
+
+    def _record(self, stop: Stop) -> None:
+        if self._stop is None:
+            self._stop = stop
+        self.uc.emu_stop()
+
+    def _on_interrupt(self, uc, intno, _data):
+        rip = self.rip
+        before = self.read(rip - 2, 2) if rip >= 2 else b""
+        counted = self._count()
+        if before == bytes([0xCD, intno]) or (intno == 3 and before[-1:] == b"\xcc"):
+            length = 2 if before[0] == 0xCD else 1
+            self._record(Stop(StopKind.INTERRUPT, counted, rip - length, self.cpl,
+                              length=length, vector=intno, software=True, mnemonic="int"))
+        else:  # a fault: RIP is the faulting instruction, which did not retire
+            self._record(Stop(StopKind.INTERRUPT, counted - 1, rip, self.cpl, vector=intno))
+
+    def _io(self, port, size, direction, value):
+        # inside instruction hooks RIP is the hooked instruction's own address
+        rip = self.rip
+        insn = self.disassemble_at(rip, 1)[0]
+        self._record(Stop(StopKind.IO, self._count() - 1, rip, self.cpl,
+                          length=insn.size, port=port, size=size, direction=direction,
+                          value=value, mnemonic=insn.mnemonic))
+
+    def _on_out(self, uc, port, size, value, _data):
+        self._io(port, size, "out", value)
+
+    def _on_in(self, uc, port, size, _data):
+        self._io(port, size, "in", None)
+        return 0  # the handler writes the real value into RAX before resuming
+
+    def _on_cpuid(self, uc, _data):
+        self._record(Stop(StopKind.CPUID, self._count() - 1, self.rip, self.cpl,
+                          length=2, mnemonic="cpuid"))
+        return 1  # skip: the handler writes RAX..RDX
+
+    def _on_invalid(self, uc, _data):
+        rip = self.rip
+        try:
+            insn = self.disassemble_at(rip, 1)
+        except VmkitError:
+            insn = []
+        mnemonic = insn[0].mnemonic if insn else "(undecodable)"
+        size = insn[0].size if insn else 0
+        self._record(Stop(StopKind.INVALID, self._count() - 1, rip, self.cpl,
+                          length=size, vector=int(Vector.UD), mnemonic=mnemonic))
+        return True
+
+    def _on_unmapped(self, uc, access, address, size, value, _data):
+        from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
+
+        kind = {UC_MEM_FETCH_UNMAPPED: "fetch", UC_MEM_WRITE_UNMAPPED: "write"}.get(access, "read")
+        rip = address if kind == "fetch" else self.rip
+        self._record(Stop(StopKind.MEMORY, max(self._count() - 1, 0), rip, self.cpl,
+                          address=address, access=kind, size=size))
+        return False
+
+    # -- interrupt delivery (SDM Vol. 3A §6.14) -------------------------------------
+
+    def deliver(self, vector: int, *, error_code: int | None = None, software: bool = False,
+                external: bool = False) -> Delivery:
+        """Deliver an interrupt or exception through the guest's IDT, as the CPU does.
+
+        The return address pushed is the current RIP: for a fault, the faulting
+        instruction; for int n or an external interrupt, the next one.
+        """
+        if not 0 <= vector <= 255:
+            raise VmkitError(f"vector must be 0..255, not {vector}")
+        from_cpl = self.cpl
+        chain = [vector]
+        if error_code is None and vector in ERROR_CODE_VECTORS and not software and not external:
+            error_code = 0
+        while True:
+            result = self._try_deliver(vector, error_code, software, external)
+            if isinstance(result, Delivery):
+                return Delivery(tuple(chain), False, from_cpl, result.to_cpl,
+                                result.handler, result.stack, result.frame)
+            fault, code = result
+            if vector == Vector.DF:
+                return Delivery(tuple(chain), True, from_cpl)
+            first_bad = vector in CONTRIBUTORY or vector == Vector.PF
+            second_bad = fault in CONTRIBUTORY or (vector == Vector.PF and fault == Vector.PF)
+            if first_bad and second_bad:
+                vector, error_code = int(Vector.DF), 0   # Table 6-5
+            else:
+                vector, error_code = fault, code          # handled serially
+            chain.append(vector)
+            software = external = False
+
+    def _try_deliver(self, vector, error_code, software, external):
+        idt_base, idt_limit = self.idtr()
+        # error code for a descriptor fault: index, IDT bit 1, EXT bit 0
+        code = vector << 3 | 2 | (0 if software else 1 if external else 0)
+        if vector * 16 + 15 > idt_limit or idt_base + vector * 16 + 16 > self.memory_size:
+            return (int(Vector.GP), code)
+        gate = Gate.decode(self.read(idt_base + vector * 16, 16))
+        if gate.type not in (GateType.INTERRUPT, GateType.TRAP):
+            return (int(Vector.GP), code)
+        cpl = self.cpl
+        if software and gate.dpl < cpl:
+            return (int(Vector.GP), code)
+        if not gate.present:
+            return (int(Vector.NP), code)
+        target_dpl = self._code_segment_dpl(gate.selector)
+        if target_dpl is None:
+            return (int(Vector.GP), gate.selector & ~3)
+        rsp = self.reg("rsp")
+        if target_dpl < cpl:
+            _, tr_base, _, _ = self.uc.reg_read(self._X.UC_X86_REG_TR)
+            if tr_base + TSS_RSP0 + 8 > self.memory_size:
+                return (int(Vector.TS), 0)
+            new_rsp = struct.unpack("<Q", self.read(tr_base + TSS_RSP0, 8))[0]
+        else:
+            new_rsp = rsp
+        new_rsp &= ~0xF  # 64-bit mode aligns the new stack (SDM 6.14.2)
+        frame = [self.reg("ss"), rsp, self.reg("rflags"), self.reg("cs"), self.rip]
+        if error_code is not None:
+            frame.append(error_code)
+        top = new_rsp - 8 * len(frame)
+        if top < 0 or new_rsp > self.memory_size:
+            return (int(Vector.SS), 0)
+        # the frame is pushed SS first, so memory holds it in reverse order
+        self.write(top, b"".join(struct.pack("<Q", v & _END) for v in reversed(frame)))
+        rflags = self.reg("rflags") & ~(RFLAGS.TF | RFLAGS.NT | RFLAGS.RF | RFLAGS.VM)
+        if gate.type == GateType.INTERRUPT:
+            rflags &= ~RFLAGS.IF
+        if target_dpl < cpl:
+            self._enter_ring0()
+        self.set_reg("rsp", top)
+        self.set_reg("rflags", rflags)
+        self.set_reg("rip", gate.offset)
+        return Delivery((vector,), False, cpl, target_dpl, gate.offset, top, tuple(frame))
+
+    def _code_segment_dpl(self, selector: int) -> int | None:
+        _, gdt_base, gdt_limit, _ = self.uc.reg_read(self._X.UC_X86_REG_GDTR)
+        index = selector & ~7
+        if index == 0 or index + 7 > gdt_limit:
+            return None
+        desc = struct.unpack("<Q", self.read(gdt_base + index, 8))[0]
+        present, code = desc >> 47 & 1, desc >> 43 & 1
+        if not (present and code):
+            return None
+        return desc >> 45 & 3
+
+    def _enter_ring0(self) -> None:
+        X = self._X
+        keep = {name: self.reg(name) for name in GPRS + ("cr0", "cr3", "cr4")}
+        tables = {r: self.uc.reg_read(r) for r in (X.UC_X86_REG_GDTR, X.UC_X86_REG_IDTR, X.UC_X86_REG_TR)}
+        self.uc.context_restore(self._ring0)
+        for reg, value in tables.items():
+            self.uc.reg_write(reg, value)
+        for name, value in keep.items():
+            self.set_reg(name, value)
