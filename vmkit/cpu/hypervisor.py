@@ -1,0 +1,415 @@
+"""A hypervisor in VMX root operation: VMs, trap-and-emulate, two timers.
+
+Each VM is a guest kernel (``kernel.py``) on its own VCPU with a VMCS. The
+hypervisor enters it with VMLAUNCH/VMRESUME (``vmx.py``) and gets the CPU back
+on a VM exit. Which instructions exit follows the VMCS controls it writes
+(pin-based: external-interrupt exiting, activate VMX-preemption timer;
+processor-based: HLT exiting, unconditional I/O exiting); CPUID, VMCALL and
+the VMX instructions always exit (SDM Vol. 3C §25.1.2). Exits are dispatched
+to ``handle_<exit reason>`` methods, looked up by name.
+
+The two timers of the slides: the VMX-preemption timer is the hypervisor's
+quantum (exit 52); the guest's PIT is a virtual device whose ticks are backed
+by a host timer (exit 1, external interrupt, as KVM's hrtimers) and injected
+through the VM-entry interruption-information field, or after an
+interrupt-window exit (7) when the guest has IF = 0. ``timers="single-*"``
+shows the conflict of a machine with one timer.
+
+Time is counted in guest instructions; a VM exit and entry round trip costs
+``exit_cost`` of them (deliberately simple: a real round trip is about
+1,000-2,000 cycles). Taught in course/01_cpu/03_timers_multiplexing.ipynb.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from vmkit.core import VmkitError
+from vmkit.cpu.guest import Guest, describe_delivery
+from vmkit.cpu.kernel import GuestKernel
+from vmkit.cpu.trace import Event, Span, Timeline
+from vmkit.cpu.vcpu import Stop, StopKind
+from vmkit.cpu.vmx import (
+    HOST_STATE_64, VMX, VMX_INSTRUCTION_EXITS, ExitReason, InterruptionInfo, InterruptionType,
+    IOQualification, PinBasedControls, ProcBasedControls, VMCSField,
+)
+from vmkit.cpu.x86 import RFLAGS, Vector
+
+VMXON_REGION = 0x1000
+VMCS_BASE = 0x10000
+SIGNATURE = b"vmkitvmkitvm"  # CPUID 0x40000000, as KVM's "KVMKVMKVM" or Xen's "XenVMMXenVMM"
+TIMER_MODES = ("vt", "single-hypervisor", "single-guest")
+
+
+@dataclass(frozen=True)
+class HypervisorConfig:
+    """Tunables of the hypervisor (instructions are the unit of time)."""
+
+    preemption_timer: int = 10_000
+    exit_cost: int = 1_000
+    timers: str = "vt"
+
+    def __post_init__(self):
+        if self.preemption_timer < 1:
+            raise VmkitError(f"preemption_timer must be >= 1 instruction, not {self.preemption_timer}")
+        if self.exit_cost < 0:
+            raise VmkitError(f"exit_cost must be >= 0, not {self.exit_cost}")
+        if self.timers not in TIMER_MODES:
+            raise VmkitError(f"timers must be one of {TIMER_MODES}, not {self.timers!r}")
+
+
+@dataclass(frozen=True)
+class Exit:
+    """One VM exit as the hypervisor saw it."""
+
+    time: int
+    vm: str
+    reason: ExitReason
+    qualification: int
+    rip: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.time:>8}  [{self.vm}] exit {int(self.reason):>2} {self.reason.name}: {self.text}"
+
+
+@dataclass
+class VM:
+    """One virtual machine: a guest on its VCPU, its VMCS and its virtual timer."""
+
+    name: str
+    guest: Guest
+    vmcs: int
+    state: str = "runnable"   # runnable, waiting (hlt), halted, triple fault
+    next_tick: int | None = None
+    pending_irq: bool = False
+    window: bool = False      # interrupt-window exiting requested
+    exits: Counter = field(default_factory=Counter)
+
+    @property
+    def console(self) -> str:
+        return self.guest.console()
+
+
+class Hypervisor:
+    """A type-1 hypervisor on one physical CPU, time-multiplexing its VMs."""
+
+    def __init__(self, config: HypervisorConfig = HypervisorConfig(), *, seed: int = 0):
+        self.config = config
+        self.seed = seed  # scheduling is round robin and deterministic
+        self.vmx = VMX()
+        self.vmx.set_cr4_vmxe(True)
+        self.vmx.vmxon(VMXON_REGION)
+        self.vms: list[VM] = []
+        self.now = 0
+        self.exits: list[Exit] = []
+        self.events: list[Event] = []
+        self.timeline = Timeline()
+        self._turn = 0
+
+    # -- VMs ----------------------------------------------------------------------
+
+    def create_vm(self, name: str, kernel: GuestKernel) -> VM:
+        """Create a VM: boot image in its memory, a fresh VMCS, the controls written."""
+        if any(vm.name == name for vm in self.vms):
+            raise VmkitError(f"a VM named {name!r} exists already")
+        address = VMCS_BASE + len(self.vms) * 0x1000
+        vm = VM(name, Guest(kernel), address)
+        vmx = self.vmx
+        vmx.allocate_vmcs(address)
+        vmx.vmclear(address)
+        vmx.vmptrld(address)
+        pin = PinBasedControls.EXTERNAL_INTERRUPT_EXITING
+        if self.config.timers == "vt":
+            pin |= PinBasedControls.ACTIVATE_PREEMPTION_TIMER
+        vmx.vmwrite(VMCSField.PIN_BASED_VM_EXEC_CONTROL, pin)
+        vmx.vmwrite(VMCSField.CPU_BASED_VM_EXEC_CONTROL,
+                    ProcBasedControls.HLT_EXITING | ProcBasedControls.UNCONDITIONAL_IO_EXITING)
+        for f, value in HOST_STATE_64.items():
+            vmx.vmwrite(f, value)
+        self._save_guest_state(vm)
+        self.vms.append(vm)
+        self.events.append(Event(self.now, "vm", f"created, VMCS at {address:#x}", name))
+        return vm
+
+    def vm(self, name: str) -> VM:
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        raise VmkitError(f"no VM named {name!r}; VMs: {', '.join(v.name for v in self.vms)}")
+
+    def _save_guest_state(self, vm: VM) -> None:
+        vcpu = vm.guest.vcpu
+        for f, reg in ((VMCSField.GUEST_RIP, "rip"), (VMCSField.GUEST_RSP, "rsp"),
+                       (VMCSField.GUEST_RFLAGS, "rflags"), (VMCSField.GUEST_CR3, "cr3")):
+            self.vmx.vmwrite(f, vcpu.reg(reg))
+
+    # -- running ------------------------------------------------------------------
+
+    def run(self, instructions: int = 200_000) -> Hypervisor:
+        """Run the VMs for ``instructions`` more units of time, or until none can run."""
+        if instructions < 0:
+            raise VmkitError(f"instructions must be >= 0, not {instructions}")
+        if not self.vms:
+            raise VmkitError("no VM to run: create_vm(name, kernel) first")
+        until = self.now + instructions
+        while self.now < until:
+            vm = self._pick()
+            if vm is None:
+                waiting = [v.next_tick for v in self.vms if v.state == "waiting" and v.next_tick]
+                if not waiting:
+                    break
+                self.timeline.mark(self.now, "idle")
+                self.now = min(until, max(self.now, min(waiting)))
+                self._timer_ticks()
+                continue
+            self._enter(vm, until)
+        self.timeline.mark(self.now, "hypervisor")
+        return self
+
+    def _pick(self) -> VM | None:
+        self._timer_ticks()
+        for i in range(len(self.vms)):
+            vm = self.vms[(self._turn + i) % len(self.vms)]
+            if vm.state == "runnable":
+                self._turn = (self._turn + i + 1) % len(self.vms)
+                return vm
+        return None
+
+    def _timer_ticks(self) -> None:
+        for vm in self.vms:
+            if vm.next_tick is not None and self.now >= vm.next_tick:
+                period = vm.guest.devices.pit.period
+                while vm.next_tick <= self.now:
+                    vm.next_tick += period
+                vm.pending_irq = True
+                if vm.state == "waiting":
+                    vm.state = "runnable"
+
+    def _enter(self, vm: VM, until: int) -> None:
+        """Give ``vm`` the CPU for one quantum: entries and exits until the quantum ends.
+
+        After an exit that does not end the quantum (I/O, CPUID, ...) the VMM
+        resumes the same VM with the time left, as SDM Vol. 3C §32 advises
+        ("initial VM quantum less the time the VM has already run").
+        """
+        vmx = self.vmx
+        if vmx.current_vmcs is None or vmx.current_vmcs.address != vm.vmcs:
+            vmx.vmptrld(vm.vmcs)
+        quantum = self.config.preemption_timer if self.config.timers != "single-guest" else None
+        while vm.state == "runnable" and self.now < until:
+            self._prepare_injection(vm)
+            if vmx.current_vmcs.launch_state == "clear":
+                vmx.vmlaunch()
+            else:
+                vmx.vmresume()
+            if self.config.timers == "vt":
+                vmx.current_vmcs.write(VMCSField.VMX_PREEMPTION_TIMER_VALUE, quantum)
+            reason, ran = self._run_guest(vm, until, quantum)
+            if quantum is not None:
+                quantum -= ran
+            if reason is None:
+                self._save_guest_state(vm)
+                return
+            if reason in (ExitReason.PREEMPTION_TIMER, ExitReason.TRIPLE_FAULT, ExitReason.HLT):
+                return
+            if reason is ExitReason.EXTERNAL_INTERRUPT and self.config.timers == "single-hypervisor":
+                return
+
+    def _prepare_injection(self, vm: VM) -> None:
+        if not vm.pending_irq:
+            return
+        if self.config.timers == "single-hypervisor":
+            vm.pending_irq = False  # the only timer is ours: the guest never sees its ticks
+        elif vm.guest.interrupts_enabled:
+            self.vmx.vmwrite(VMCSField.VM_ENTRY_INTR_INFO_FIELD,
+                             InterruptionInfo(int(Vector.TIMER), InterruptionType.EXTERNAL_INTERRUPT).encode())
+            vm.pending_irq = vm.window = False
+        else:
+            vm.window = True  # interrupt-window exiting: exit 7 as soon as IF = 1
+
+    def _run_guest(self, vm: VM, until: int, quantum: int | None) -> tuple[ExitReason | None, int]:
+        """Non-root operation until a VM exit; return its reason (None: simulation over) and the time run."""
+        guest = vm.guest
+        started = self.now
+        self._inject(vm)
+        if vm.state != "runnable":
+            return ExitReason.TRIPLE_FAULT, 0
+        while True:
+            budget = until - self.now
+            if quantum is not None:
+                budget = min(budget, quantum - (self.now - started))
+            if vm.next_tick is not None and self.config.timers != "single-hypervisor":
+                budget = min(budget, max(vm.next_tick - self.now, 1))
+            if vm.window:
+                budget = min(budget, 8)
+            if budget <= 0:
+                break
+            start = self.now
+            self.timeline.mark(start, guest.holder(), vm.name)
+            guest.user_entries.clear()
+            stop = guest.vcpu.run(budget)
+            for offset, pid in guest.user_entries:
+                self.timeline.mark(start + offset, f"pid {pid}", vm.name)
+            self.now += stop.retired
+            reason = self._in_guest(vm, stop)
+            if reason is not None:
+                return self._exit(vm, reason, stop, ""), self.now - started
+            if vm.window and guest.interrupts_enabled:
+                return self._exit(vm, ExitReason.PENDING_INTERRUPT, stop, ""), self.now - started
+            if vm.next_tick is not None and self.now >= vm.next_tick:
+                if self.config.timers == "single-guest":
+                    # one timer, programmed by the guest: its ticks go straight to the guest
+                    self._timer_ticks()
+                    if guest.interrupts_enabled:
+                        vm.pending_irq = False
+                        guest.vcpu.deliver(int(Vector.TIMER), external=True)
+                    continue
+                if self.config.timers == "vt":
+                    return self._exit(vm, ExitReason.EXTERNAL_INTERRUPT, stop, ""), self.now - started
+            if quantum is not None and self.now - started >= quantum:
+                reason = ExitReason.PREEMPTION_TIMER if self.config.timers == "vt" else ExitReason.EXTERNAL_INTERRUPT
+                return self._exit(vm, reason, stop, ""), self.now - started
+            if self.now >= until:
+                return None, self.now - started
+        if quantum is not None and self.now - started >= quantum:
+            reason = ExitReason.PREEMPTION_TIMER if self.config.timers == "vt" else ExitReason.EXTERNAL_INTERRUPT
+            return self._exit(vm, reason, None, ""), self.now - started
+        return None, self.now - started
+
+    def _in_guest(self, vm: VM, stop: Stop) -> ExitReason | None:
+        """What the CPU does in non-root operation: an exit reason, or None (handled in the guest)."""
+        kind = stop.kind
+        if kind is StopKind.IO:
+            return ExitReason.IO_INSTRUCTION
+        if kind is StopKind.CPUID:
+            return ExitReason.CPUID
+        if kind is StopKind.HLT:
+            return ExitReason.HLT
+        if kind is StopKind.INVALID and stop.mnemonic == "vmcall":
+            return ExitReason.VMCALL
+        if kind is StopKind.INVALID and stop.mnemonic in VMX_INSTRUCTION_EXITS:
+            return VMX_INSTRUCTION_EXITS[stop.mnemonic]
+        if kind is StopKind.BUDGET:
+            return None
+        # exceptions and int n go through the guest's own IDT: no exit
+        delivery = vm.guest.deliver_stop(stop)
+        what = f"{stop.kind.value} at {stop.rip:#x}: {describe_delivery(delivery)}"
+        self.events.append(Event(self.now, "in guest", what, vm.name))
+        return ExitReason.TRIPLE_FAULT if delivery.triple_fault else None
+
+    def _exit(self, vm: VM, reason: ExitReason, stop: Stop | None, text: str) -> ExitReason:
+        qualification = 0
+        if reason is ExitReason.IO_INSTRUCTION:
+            qualification = IOQualification(
+                size=stop.size, direction=stop.direction, string=False, rep=False,
+                immediate=stop.length == 2, port=stop.port).encode()
+        vcpu = vm.guest.vcpu
+        self.vmx.vm_exit(reason, qualification, guest_rip=vcpu.rip,
+                         vm_exit_instruction_len=stop.length if stop else 0)
+        self._save_guest_state(vm)
+        vm.exits[reason] += 1
+        self.timeline.mark(self.now, "hypervisor")
+        handler = getattr(self, f"handle_{reason.name.lower()}")
+        detail = handler(vm, stop) or text
+        self.exits.append(Exit(self.now, vm.name, reason, qualification, vcpu.rip, detail))
+        self.now += self.config.exit_cost
+        return reason
+
+    def _inject(self, vm: VM) -> None:
+        """VM entry delivers the event in the interruption-information field, if valid."""
+        # the processor reads its own VMCS here: this is VM entry, not a VMREAD
+        info = InterruptionInfo.decode(self.vmx.current_vmcs.read(VMCSField.VM_ENTRY_INTR_INFO_FIELD))
+        if not info.valid:
+            return
+        external = info.type == InterruptionType.EXTERNAL_INTERRUPT
+        delivery = vm.guest.vcpu.deliver(info.vector, external=external)
+        self.events.append(Event(self.now, "inject", describe_delivery(delivery), vm.name))
+        # the field is consumed by this entry; the next exit clears its valid bit anyway
+        self.vmx.current_vmcs.write(VMCSField.VM_ENTRY_INTR_INFO_FIELD, 0)
+        if delivery.triple_fault:
+            self._exit(vm, ExitReason.TRIPLE_FAULT, None, "")
+
+    # -- exit handlers: handle_<ExitReason name> ------------------------------------
+
+    def _skip(self, vm: VM, stop: Stop) -> None:
+        vm.guest.skip(stop)
+
+    def handle_io_instruction(self, vm: VM, stop: Stop) -> str:
+        q = IOQualification.decode(self.vmx.vmread(VMCSField.EXIT_QUALIFICATION))
+        devices = vm.guest.devices
+        if q.direction == "out":
+            what = devices.out(q.port, stop.value)
+            if what.startswith("PIT period") and self.config.timers != "single-hypervisor":
+                vm.next_tick = self.now + devices.pit.period
+        else:
+            vcpu = vm.guest.vcpu
+            vcpu.set_reg("rax", vcpu.reg("rax") & ~0xFF | devices.in_(q.port))
+            what = f"IN from port {q.port:#x}"
+        self._skip(vm, stop)
+        return what
+
+    def handle_cpuid(self, vm: VM, stop: Stop) -> str:
+        vcpu = vm.guest.vcpu
+        leaf = vcpu.reg("rax") & 0xFFFFFFFF
+        words = [int.from_bytes(SIGNATURE[i:i + 4], "little") for i in (0, 4, 8)]
+        answers = {0: (0xD, *(int.from_bytes(b"GenuineIntel"[i:i + 4], "little") for i in (0, 8, 4))),
+                   1: (0x000906EA, 0, 1 << 31, 0),  # ECX bit 31: running under a hypervisor
+                   0x40000000: (0x40000001, *words)}
+        regs = answers.get(leaf, (0, 0, 0, 0))
+        for name, value in zip(("rax", "rbx", "rcx", "rdx"), regs):
+            vcpu.set_reg(name, value)
+        self._skip(vm, stop)
+        return f"leaf {leaf:#x} emulated" + (f": {SIGNATURE.decode()!r}" if leaf == 0x40000000 else "")
+
+    def handle_hlt(self, vm: VM, stop: Stop) -> str:
+        self._skip(vm, stop)
+        if not vm.guest.interrupts_enabled:
+            vm.state = "halted"
+            return "hlt with IF = 0: the VM is powered off"
+        vm.state = "waiting"
+        return "the guest is idle: the CPU goes to another VM"
+
+    def handle_vmcall(self, vm: VM, stop: Stop) -> str:
+        vcpu = vm.guest.vcpu
+        number = vcpu.reg("rax")
+        vcpu.set_reg("rax", 0)
+        self._skip(vm, stop)
+        return f"hypercall {number}"
+
+    def _inject_ud(self, vm: VM, stop: Stop) -> str:
+        # no nested virtualization: like KVM without nested=1, answer #UD
+        info = InterruptionInfo(int(Vector.UD), InterruptionType.HARDWARE_EXCEPTION)
+        self.vmx.vmwrite(VMCSField.VM_ENTRY_INTR_INFO_FIELD, info.encode())
+        return f"{stop.mnemonic} in a guest: inject #UD (no nested VMX)"
+
+    handle_vmclear = handle_vmlaunch = handle_vmptrld = handle_vmptrst = _inject_ud
+    handle_vmread = handle_vmresume = handle_vmwrite = handle_vmoff = handle_vmon = _inject_ud
+    handle_invept = handle_invvpid = _inject_ud
+
+    def handle_preemption_timer(self, vm: VM, stop: Stop | None) -> str:
+        return "quantum over: next VM"
+
+    def handle_external_interrupt(self, vm: VM, stop: Stop | None) -> str:
+        self._timer_ticks()
+        if self.config.timers == "single-hypervisor":
+            return "the hypervisor's timer: next VM"
+        return "the guest's timer is due: inject vector 32"
+
+    def handle_pending_interrupt(self, vm: VM, stop: Stop | None) -> str:
+        vm.window = False
+        return "interrupt window open"
+
+    def handle_triple_fault(self, vm: VM, stop: Stop | None) -> str:
+        vm.state = "triple fault"
+        return "the guest shut down: only this VM stops"
+
+    # -- results ----------------------------------------------------------------------
+
+    def spans(self) -> list[Span]:
+        """Who held the CPU: hypervisor, or a VM's kernel or program, over time."""
+        return self.timeline.spans(self.now)
+
+    def exit_counts(self) -> dict[str, dict[str, int]]:
+        return {vm.name: {r.name: n for r, n in sorted(vm.exits.items())} for vm in self.vms}
