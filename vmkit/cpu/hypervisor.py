@@ -107,6 +107,7 @@ class Hypervisor:
         self.events: list[Event] = []
         self.timeline = Timeline()
         self._turn = 0
+        self._inside: tuple[VM, int | None] | None = None  # a VM left in non-root by run()
 
     # -- VMs ----------------------------------------------------------------------
 
@@ -154,6 +155,10 @@ class Hypervisor:
         if not self.vms:
             raise VmkitError("no VM to run: create_vm(name, kernel) first")
         until = self.now + instructions
+        if self._inside is not None:  # the last run() ended while a guest ran
+            vm, quantum = self._inside
+            self._inside = None
+            self._enter(vm, until, quantum=quantum, entered=True)
         while self.now < until:
             vm = self._pick()
             if vm is None:
@@ -187,7 +192,7 @@ class Hypervisor:
                 if vm.state == "waiting":
                     vm.state = "runnable"
 
-    def _enter(self, vm: VM, until: int) -> None:
+    def _enter(self, vm: VM, until: int, *, quantum: int | None = None, entered: bool = False) -> None:
         """Give ``vm`` the CPU for one quantum: entries and exits until the quantum ends.
 
         After an exit that does not end the quantum (I/O, CPUID, ...) the VMM
@@ -195,22 +200,25 @@ class Hypervisor:
         ("initial VM quantum less the time the VM has already run").
         """
         vmx = self.vmx
-        if vmx.current_vmcs is None or vmx.current_vmcs.address != vm.vmcs:
-            vmx.vmptrld(vm.vmcs)
-        quantum = self.config.preemption_timer if self.config.timers != "single-guest" else None
+        if not entered:
+            if vmx.current_vmcs is None or vmx.current_vmcs.address != vm.vmcs:
+                vmx.vmptrld(vm.vmcs)
+            quantum = self.config.preemption_timer if self.config.timers != "single-guest" else None
         while vm.state == "runnable" and self.now < until:
-            self._prepare_injection(vm)
-            if vmx.current_vmcs.launch_state == "clear":
-                vmx.vmlaunch()
-            else:
-                vmx.vmresume()
-            if self.config.timers == "vt":
-                vmx.current_vmcs.write(VMCSField.VMX_PREEMPTION_TIMER_VALUE, quantum)
+            if not entered:
+                self._prepare_injection(vm)
+                if vmx.current_vmcs.launch_state == "clear":
+                    vmx.vmlaunch()
+                else:
+                    vmx.vmresume()
+                if self.config.timers == "vt":
+                    vmx.current_vmcs.write(VMCSField.VMX_PREEMPTION_TIMER_VALUE, quantum)
+            entered = False
             reason, ran = self._run_guest(vm, until, quantum)
             if quantum is not None:
                 quantum -= ran
-            if reason is None:
-                self._save_guest_state(vm)
+            if reason is None:  # the simulation paused inside the guest
+                self._inside = (vm, quantum)
                 return
             if reason in (ExitReason.PREEMPTION_TIMER, ExitReason.TRIPLE_FAULT, ExitReason.HLT):
                 return
@@ -236,6 +244,8 @@ class Hypervisor:
         self._inject(vm)
         if vm.state != "runnable":
             return ExitReason.TRIPLE_FAULT, 0
+        if quantum is not None and quantum <= 0:
+            return self._exit(vm, ExitReason.PREEMPTION_TIMER, None, ""), 0
         while True:
             budget = until - self.now
             if quantum is not None:
@@ -273,6 +283,8 @@ class Hypervisor:
                 return self._exit(vm, reason, stop, ""), self.now - started
             if self.now >= until:
                 return None, self.now - started
+        if self.now >= until:
+            return None, self.now - started
         if quantum is not None and self.now - started >= quantum:
             reason = ExitReason.PREEMPTION_TIMER if self.config.timers == "vt" else ExitReason.EXTERNAL_INTERRUPT
             return self._exit(vm, reason, None, ""), self.now - started
