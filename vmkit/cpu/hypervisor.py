@@ -40,6 +40,17 @@ VMXON_REGION = 0x1000
 VMCS_BASE = 0x10000
 SIGNATURE = b"vmkitvmkitvm"  # CPUID 0x40000000, as KVM's "KVMKVMKVM" or Xen's "XenVMMXenVMM"
 TIMER_MODES = ("vt", "single-hypervisor", "single-guest")
+IO_MODES = ("unconditional", "bitmap", "none")
+IO_BITMAPS = 0x20000  # host-physical address of the first VM's I/O bitmap A
+
+
+def io_bitmap_exits(bitmap: bytes, port: int, size: int) -> bool:
+    """Does an access of ``size`` bytes at ``port`` exit? (SDM Vol. 3C §25.1.3)
+
+    Bitmap A (bytes 0..4095) covers ports 0x0000-0x7FFF, bitmap B the rest, one
+    bit per port; an access exits if the bit of any port it touches is set.
+    """
+    return any(bitmap[p >> 3] >> (p & 7) & 1 for p in range(port, min(port + size, 0x10000)))
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,9 @@ class HypervisorConfig:
     preemption_timer: int = 10_000
     exit_cost: int = 1_000
     timers: str = "vt"
+    hlt_exiting: bool = True
+    io_exiting: str = "unconditional"       # or "bitmap" (exit on io_bitmap_ports only), or "none"
+    io_bitmap_ports: frozenset[int] = frozenset({0x3F8})
 
     def __post_init__(self):
         if self.preemption_timer < 1:
@@ -57,6 +71,10 @@ class HypervisorConfig:
             raise VmkitError(f"exit_cost must be >= 0, not {self.exit_cost}")
         if self.timers not in TIMER_MODES:
             raise VmkitError(f"timers must be one of {TIMER_MODES}, not {self.timers!r}")
+        if self.io_exiting not in IO_MODES:
+            raise VmkitError(f"io_exiting must be one of {IO_MODES}, not {self.io_exiting!r}")
+        if any(not 0 <= p <= 0xFFFF for p in self.io_bitmap_ports):
+            raise VmkitError("I/O ports are 16-bit: 0..0xFFFF")
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,8 @@ class VM:
     next_tick: int | None = None
     pending_irq: bool = False
     window: bool = False      # interrupt-window exiting requested
+    activity: str = "active"  # guest activity state: "hlt" after a HLT that did not exit
+    io_bitmap: bytes = bytes(8192)
     exits: Counter = field(default_factory=Counter)
 
     @property
@@ -121,12 +141,26 @@ class Hypervisor:
         vmx.allocate_vmcs(address)
         vmx.vmclear(address)
         vmx.vmptrld(address)
-        pin = PinBasedControls.EXTERNAL_INTERRUPT_EXITING
-        if self.config.timers == "vt":
-            pin |= PinBasedControls.ACTIVATE_PREEMPTION_TIMER
+        config = self.config
+        # vt: both timers; single-hypervisor: its own host timer, seen as external
+        # interrupts; single-guest: no exiting at all, the guest's ticks reach its IDT
+        pin = {"vt": PinBasedControls.EXTERNAL_INTERRUPT_EXITING | PinBasedControls.ACTIVATE_PREEMPTION_TIMER,
+               "single-hypervisor": PinBasedControls.EXTERNAL_INTERRUPT_EXITING,
+               "single-guest": PinBasedControls(0)}[config.timers]
+        proc = ProcBasedControls.HLT_EXITING if config.hlt_exiting else ProcBasedControls(0)
+        if config.io_exiting == "unconditional":
+            proc |= ProcBasedControls.UNCONDITIONAL_IO_EXITING
+        elif config.io_exiting == "bitmap":
+            proc |= ProcBasedControls.USE_IO_BITMAPS
+            bitmap = bytearray(8192)
+            for port in config.io_bitmap_ports:
+                bitmap[port >> 3] |= 1 << (port & 7)
+            vm.io_bitmap = bytes(bitmap)
+            base = IO_BITMAPS + len(self.vms) * 0x2000
+            vmx.vmwrite(VMCSField.IO_BITMAP_A, base)
+            vmx.vmwrite(VMCSField.IO_BITMAP_B, base + 0x1000)
         vmx.vmwrite(VMCSField.PIN_BASED_VM_EXEC_CONTROL, pin)
-        vmx.vmwrite(VMCSField.CPU_BASED_VM_EXEC_CONTROL,
-                    ProcBasedControls.HLT_EXITING | ProcBasedControls.UNCONDITIONAL_IO_EXITING)
+        vmx.vmwrite(VMCSField.CPU_BASED_VM_EXEC_CONTROL, proc)
         for f, value in HOST_STATE_64.items():
             vmx.vmwrite(f, value)
         self._save_guest_state(vm)
@@ -237,25 +271,53 @@ class Hypervisor:
         else:
             vm.window = True  # interrupt-window exiting: exit 7 as soon as IF = 1
 
+    def _controls(self) -> tuple[PinBasedControls, ProcBasedControls]:
+        vmcs = self.vmx.current_vmcs
+        return (PinBasedControls(vmcs.read(VMCSField.PIN_BASED_VM_EXEC_CONTROL)),
+                ProcBasedControls(vmcs.read(VMCSField.CPU_BASED_VM_EXEC_CONTROL)))
+
     def _run_guest(self, vm: VM, until: int, quantum: int | None) -> tuple[ExitReason | None, int]:
-        """Non-root operation until a VM exit; return its reason (None: simulation over) and the time run."""
+        """Non-root operation until a VM exit; return its reason (None: simulation paused) and the time run.
+
+        What exits is read from the current VMCS's controls, as the CPU does.
+        """
         guest = vm.guest
         started = self.now
+        pin, proc = self._controls()
         self._inject(vm)
         if vm.state != "runnable":
             return ExitReason.TRIPLE_FAULT, 0
-        if quantum is not None and quantum <= 0:
-            return self._exit(vm, ExitReason.PREEMPTION_TIMER, None, ""), 0
+        if pin & PinBasedControls.ACTIVATE_PREEMPTION_TIMER:
+            quantum_reason = ExitReason.PREEMPTION_TIMER
+        else:  # the hypervisor's own timer interrupt, with external-interrupt exiting
+            quantum_reason = ExitReason.EXTERNAL_INTERRUPT
+        end = started + quantum if quantum is not None else None
         while True:
+            if end is not None and self.now >= end:
+                return self._exit(vm, quantum_reason, None, ""), self.now - started
+            if vm.next_tick is not None and self.now >= vm.next_tick:
+                if pin & PinBasedControls.EXTERNAL_INTERRUPT_EXITING:
+                    return self._exit(vm, ExitReason.EXTERNAL_INTERRUPT, None, ""), self.now - started
+                self._timer_ticks()  # no exiting: the tick goes straight through the guest's IDT
+                if guest.interrupts_enabled:
+                    vm.pending_irq = False
+                    vm.activity = "active"
+                    guest.vcpu.deliver(int(Vector.TIMER), external=True)
+            if vm.window and guest.interrupts_enabled:
+                return self._exit(vm, ExitReason.PENDING_INTERRUPT, None, ""), self.now - started
+            if self.now >= until:
+                return None, self.now - started
             budget = until - self.now
-            if quantum is not None:
-                budget = min(budget, quantum - (self.now - started))
-            if vm.next_tick is not None and self.config.timers != "single-hypervisor":
-                budget = min(budget, max(vm.next_tick - self.now, 1))
+            if end is not None:
+                budget = min(budget, end - self.now)
+            if vm.next_tick is not None:
+                budget = min(budget, vm.next_tick - self.now)
             if vm.window:
-                budget = min(budget, 8)
-            if budget <= 0:
-                break
+                budget = min(budget, 8)  # poll for IF = 1: interrupt-window exiting
+            if vm.activity == "hlt":   # halted inside the guest: the CPU idles in non-root
+                self.timeline.mark(self.now, "idle", vm.name)
+                self.now += budget
+                continue
             start = self.now
             self.timeline.mark(start, guest.holder(), vm.name)
             guest.user_entries.clear()
@@ -263,42 +325,31 @@ class Hypervisor:
             for offset, pid in guest.user_entries:
                 self.timeline.mark(start + offset, f"pid {pid}", vm.name)
             self.now += stop.retired
-            reason = self._in_guest(vm, stop)
+            reason = self._in_guest(vm, stop, proc)
             if reason is not None:
                 return self._exit(vm, reason, stop, ""), self.now - started
-            if vm.window and guest.interrupts_enabled:
-                return self._exit(vm, ExitReason.PENDING_INTERRUPT, stop, ""), self.now - started
-            if vm.next_tick is not None and self.now >= vm.next_tick:
-                if self.config.timers == "single-guest":
-                    # one timer, programmed by the guest: its ticks go straight to the guest
-                    self._timer_ticks()
-                    if guest.interrupts_enabled:
-                        vm.pending_irq = False
-                        guest.vcpu.deliver(int(Vector.TIMER), external=True)
-                    continue
-                if self.config.timers == "vt":
-                    return self._exit(vm, ExitReason.EXTERNAL_INTERRUPT, stop, ""), self.now - started
-            if quantum is not None and self.now - started >= quantum:
-                reason = ExitReason.PREEMPTION_TIMER if self.config.timers == "vt" else ExitReason.EXTERNAL_INTERRUPT
-                return self._exit(vm, reason, stop, ""), self.now - started
-            if self.now >= until:
-                return None, self.now - started
-        if self.now >= until:
-            return None, self.now - started
-        if quantum is not None and self.now - started >= quantum:
-            reason = ExitReason.PREEMPTION_TIMER if self.config.timers == "vt" else ExitReason.EXTERNAL_INTERRUPT
-            return self._exit(vm, reason, None, ""), self.now - started
-        return None, self.now - started
 
-    def _in_guest(self, vm: VM, stop: Stop) -> ExitReason | None:
-        """What the CPU does in non-root operation: an exit reason, or None (handled in the guest)."""
+    def _in_guest(self, vm: VM, stop: Stop, proc: ProcBasedControls) -> ExitReason | None:
+        """What the CPU does in non-root operation: an exit reason, or None (done in the guest)."""
         kind = stop.kind
         if kind is StopKind.IO:
-            return ExitReason.IO_INSTRUCTION
+            if proc & ProcBasedControls.USE_IO_BITMAPS:  # bit 25 overrides bit 24
+                exits = io_bitmap_exits(vm.io_bitmap, stop.port, stop.size)
+            else:
+                exits = bool(proc & ProcBasedControls.UNCONDITIONAL_IO_EXITING)
+            if exits:
+                return ExitReason.IO_INSTRUCTION
+            self._device_io(vm, stop)  # no exit: the access reaches the device directly
+            self.now += 1
+            return None
         if kind is StopKind.CPUID:
-            return ExitReason.CPUID
+            return ExitReason.CPUID  # CPUID always exits
         if kind is StopKind.HLT:
-            return ExitReason.HLT
+            if proc & ProcBasedControls.HLT_EXITING:
+                return ExitReason.HLT
+            vm.guest.skip(stop)
+            vm.activity = "hlt"
+            return None
         if kind is StopKind.INVALID and stop.mnemonic == "vmcall":
             return ExitReason.VMCALL
         if kind is StopKind.INVALID and stop.mnemonic in VMX_INSTRUCTION_EXITS:
@@ -337,6 +388,7 @@ class Hypervisor:
             return
         external = info.type == InterruptionType.EXTERNAL_INTERRUPT
         delivery = vm.guest.vcpu.deliver(info.vector, external=external)
+        vm.activity = "active"  # an event wakes a halted guest
         self.events.append(Event(self.now, "inject", describe_delivery(delivery), vm.name))
         # the field is consumed by this entry; the next exit clears its valid bit anyway
         self.vmx.current_vmcs.write(VMCSField.VM_ENTRY_INTR_INFO_FIELD, 0)
@@ -348,19 +400,24 @@ class Hypervisor:
     def _skip(self, vm: VM, stop: Stop) -> None:
         vm.guest.skip(stop)
 
-    def handle_io_instruction(self, vm: VM, stop: Stop) -> str:
-        q = IOQualification.decode(self.vmx.vmread(VMCSField.EXIT_QUALIFICATION))
+    def _device_io(self, vm: VM, stop: Stop) -> str:
+        """Perform the guest's IN/OUT on its (virtual) device and move past it."""
         devices = vm.guest.devices
-        if q.direction == "out":
-            what = devices.out(q.port, stop.value)
+        if stop.direction == "out":
+            what = devices.out(stop.port, stop.value)
             if what.startswith("PIT period") and self.config.timers != "single-hypervisor":
                 vm.next_tick = self.now + devices.pit.period
         else:
             vcpu = vm.guest.vcpu
-            vcpu.set_reg("rax", vcpu.reg("rax") & ~0xFF | devices.in_(q.port))
-            what = f"IN from port {q.port:#x}"
+            vcpu.set_reg("rax", vcpu.reg("rax") & ~0xFF | devices.in_(stop.port))
+            what = f"IN from port {stop.port:#x}"
         self._skip(vm, stop)
         return what
+
+    def handle_io_instruction(self, vm: VM, stop: Stop) -> str:
+        q = IOQualification.decode(self.vmx.vmread(VMCSField.EXIT_QUALIFICATION))
+        assert (q.port, q.direction) == (stop.port, stop.direction)
+        return self._device_io(vm, stop)
 
     def handle_cpuid(self, vm: VM, stop: Stop) -> str:
         vcpu = vm.guest.vcpu
