@@ -163,7 +163,7 @@ class Hypervisor:
         vmx.vmwrite(VMCSField.CPU_BASED_VM_EXEC_CONTROL, proc)
         for f, value in HOST_STATE_64.items():
             vmx.vmwrite(f, value)
-        self._save_guest_state(vm)
+        self._write_guest_state(vm)
         self.vms.append(vm)
         self.events.append(Event(self.now, "vm", f"created, VMCS at {address:#x}", name))
         return vm
@@ -174,11 +174,16 @@ class Hypervisor:
                 return vm
         raise VmkitError(f"no VM named {name!r}; VMs: {', '.join(v.name for v in self.vms)}")
 
-    def _save_guest_state(self, vm: VM) -> None:
+    def _guest_state(self, vm: VM) -> dict[str, int]:
+        """The guest-state fields a VM exit saves (and VM entry loads), by VMCS field name."""
         vcpu = vm.guest.vcpu
-        for f, reg in ((VMCSField.GUEST_RIP, "rip"), (VMCSField.GUEST_RSP, "rsp"),
-                       (VMCSField.GUEST_RFLAGS, "rflags"), (VMCSField.GUEST_CR3, "cr3")):
-            self.vmx.vmwrite(f, vcpu.reg(reg))
+        return {"guest_rip": vcpu.rip, "guest_rsp": vcpu.reg("rsp"),
+                "guest_rflags": vcpu.reg("rflags"), "guest_cr3": vcpu.reg("cr3")}
+
+    def _write_guest_state(self, vm: VM) -> None:
+        # the VMM fills the guest-state area with VMWRITE before the first entry
+        for name, value in self._guest_state(vm).items():
+            self.vmx.vmwrite(VMCSField[name.upper()], value)
 
     # -- running ------------------------------------------------------------------
 
@@ -369,9 +374,9 @@ class Hypervisor:
                 size=stop.size, direction=stop.direction, string=False, rep=False,
                 immediate=stop.length == 2, port=stop.port).encode()
         vcpu = vm.guest.vcpu
-        self.vmx.vm_exit(reason, qualification, guest_rip=vcpu.rip,
-                         vm_exit_instruction_len=stop.length if stop else 0)
-        self._save_guest_state(vm)
+        # the processor itself saves the guest state and the exit information
+        self.vmx.vm_exit(reason, qualification, vm_exit_instruction_len=stop.length if stop else 0,
+                         **self._guest_state(vm))
         vm.exits[reason] += 1
         self.timeline.mark(self.now, "hypervisor")
         handler = getattr(self, f"handle_{reason.name.lower()}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from vmkit.core import VmkitError
 from vmkit.cpu.asm import assemble
 from vmkit.cpu.x86 import (
-    KERNEL_CS, TSS_RSP0, TSS_SELECTOR, TSS_SIZE, USER_CS, USER_DS,
+    KERNEL_CS, TSS_IOMAP_BASE, TSS_RSP0, TSS_SELECTOR, TSS_SIZE, USER_CS, USER_DS,
     Gate, GateType, Vector, segment_descriptor, tss_descriptor,
 )
 
@@ -298,6 +298,9 @@ def build(kernel: GuestKernel) -> BootImage:
         idt[vector * 16:vector * 16 + 16] = gate.encode()
     tss = bytearray(TSS_SIZE)
     struct.pack_into("<Q", tss, TSS_RSP0, KERNEL_STACK)
+    # I/O map base past the TSS limit: no I/O permission bitmap, so IN/OUT at
+    # CPL 3 > IOPL 0 raise #GP (SDM Vol. 1 §19.5.2), as Linux sets it up
+    struct.pack_into("<H", tss, TSS_IOMAP_BASE, TSS_SIZE)
     # the loader fills the kernel's variables, as a linker's initialised data
     code = bytearray(code)
     for name, value in (("nprocs", struct.pack("<Q", len(kernel.programs))),

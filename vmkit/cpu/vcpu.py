@@ -36,6 +36,7 @@ from vmkit.cpu.x86 import (
     KERNEL_CS,
     KERNEL_DS,
     RFLAGS,
+    TSS_IOMAP_BASE,
     TSS_RSP0,
     Gate,
     GateType,
@@ -153,6 +154,7 @@ class VCPU:
         # caches, which reg_write cannot lower; restoring this context is how
         # interrupt delivery enters ring 0 (see deliver()).
         self._ring0 = self.uc.context_save()
+        self._ring0_system: list | None = None
         self._regid = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in GPRS + ("rip", "rflags", "cs", "ss", "ds", "es", "cr0", "cr2", "cr3", "cr4")}
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
@@ -265,9 +267,30 @@ class VCPU:
         else:  # a fault: RIP is the faulting instruction, which did not retire
             self._record(Stop(StopKind.INTERRUPT, counted - 1, rip, self.cpl, vector=intno))
 
+    def _io_allowed(self, port: int, size: int) -> bool:
+        """SDM Vol. 1 §19.5: CPL <= IOPL, or every port's bit clear in the TSS I/O bitmap.
+
+        unicorn's IN/OUT hooks run before this check, so vmkit makes it.
+        """
+        if self.cpl <= (self.reg("rflags") >> 12) & 3:
+            return True
+        _, base, limit, _ = self.uc.reg_read(self._X.UC_X86_REG_TR)
+        if limit < 0x67 or base + 0x68 > self.memory_size:
+            return False
+        iomap = struct.unpack("<H", self.read(base + TSS_IOMAP_BASE, 2))[0]
+        first, last = iomap + port // 8, iomap + (port + size - 1) // 8
+        if last + 1 > limit:  # the CPU reads two bytes; outside the TSS means #GP
+            return False
+        bits = int.from_bytes(self.read(base + first, last - first + 1), "little")
+        mask = ((1 << size) - 1) << (port % 8)
+        return not bits & mask
+
     def _io(self, port, size, direction, value):
         # inside instruction hooks RIP is the hooked instruction's own address
         rip = self.rip
+        if not self._io_allowed(port, size):
+            self._record(Stop(StopKind.INTERRUPT, self._count() - 1, rip, self.cpl, vector=int(Vector.GP)))
+            return
         insn = self.disassemble_at(rip, 1)[0]
         self._record(Stop(StopKind.IO, self._count() - 1, rip, self.cpl,
                           length=insn.size, port=port, size=size, direction=direction,
@@ -395,10 +418,17 @@ class VCPU:
 
     def _enter_ring0(self) -> None:
         X = self._X
-        keep = {name: self.reg(name) for name in GPRS + ("cr0", "cr3", "cr4")}
-        tables = {r: self.uc.reg_read(r) for r in (X.UC_X86_REG_GDTR, X.UC_X86_REG_IDTR, X.UC_X86_REG_TR)}
+        system = (X.UC_X86_REG_GDTR, X.UC_X86_REG_IDTR, X.UC_X86_REG_TR,
+                  X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
+        keep = [self.uc.reg_read(self._regid[name]) for name in GPRS]
+        state = [self.uc.reg_read(r) for r in system]
         self.uc.context_restore(self._ring0)
-        for reg, value in tables.items():
-            self.uc.reg_write(reg, value)
-        for name, value in keep.items():
-            self.set_reg(name, value)
+        if self._ring0_system is None:
+            self._ring0_system = [self.uc.reg_read(r) for r in system]
+        # rewrite only what the guest changed since boot: control-register
+        # writes flush unicorn's TLB
+        for reg, value, boot in zip(system, state, self._ring0_system):
+            if value != boot:
+                self.uc.reg_write(reg, value)
+        for name, value in zip(GPRS, keep):
+            self.uc.reg_write(self._regid[name], value)

@@ -140,3 +140,4 @@ class Gate:
 # 64-bit TSS layout (SDM Figure 7-11): RSP0 at offset 4, RSP1 at 12, RSP2 at 20.
 TSS_SIZE = 0x68
 TSS_RSP0 = 4
+TSS_IOMAP_BASE = 0x66  # 16-bit offset of the I/O permission bitmap
