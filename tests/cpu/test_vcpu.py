@@ -283,8 +283,6 @@ def test_deliver_from_ring3_switches_to_rsp0():
     assert delivery.frame[1] == user_rsp
 
 
-@pytest.mark.xfail(strict=True, reason="vcpu.py _enter_ring0 (line ~398) restores the boot context and keeps "
-                   "cr0/cr3/cr4 but not cr2, so CR2 is reset to 0 by a ring 3 -> 0 delivery")
 def test_deliver_from_ring3_preserves_cr2():
     """CR2 set before delivering a #PF from ring 3 still holds the faulting address in the handler."""
     guest, _ = first_ring3_stop("nop\nint 0x80")

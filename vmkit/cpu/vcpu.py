@@ -419,7 +419,7 @@ class VCPU:
     def _enter_ring0(self) -> None:
         X = self._X
         system = (X.UC_X86_REG_GDTR, X.UC_X86_REG_IDTR, X.UC_X86_REG_TR,
-                  X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
+                  X.UC_X86_REG_CR0, X.UC_X86_REG_CR2, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
         keep = [self.uc.reg_read(self._regid[name]) for name in GPRS]
         state = [self.uc.reg_read(r) for r in system]
         self.uc.context_restore(self._ring0)
