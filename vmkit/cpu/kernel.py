@@ -73,7 +73,7 @@ class GuestKernel:
     """
 
     programs: tuple[Program, ...]
-    timer_period: int = 2000
+    timer_period: int = 20_000
     bug: str | None = None
     memory_size: int = 0x100000
 
