@@ -110,3 +110,33 @@ def test_disassemble_count_limits_instructions():
     instructions = disassemble(code, 0, count=2)
 
     assert len(instructions) == 2
+
+
+def test_semicolon_inside_string_is_not_a_comment():
+    """A ';' inside a quoted .ascii string is data, not the start of a comment."""
+    code = assemble('.ascii "a;b" ; a comment')
+
+    assert code == b"a;b"
+
+
+def test_unterminated_string_is_an_assembly_error():
+    """An unterminated string is refused with its line number (keystone alone would hang)."""
+    with pytest.raises(AssemblyError) as info:
+        assemble('nop\n.ascii "abc')
+
+    assert info.value.line == 2
+
+
+def test_non_ascii_outside_a_string_is_an_assembly_error():
+    """Non-ASCII text outside a string literal is refused, not passed to keystone."""
+    with pytest.raises(AssemblyError) as info:
+        assemble("mov rax, é")
+
+    assert "non-ASCII" in info.value.reason
+
+
+def test_non_ascii_string_assembles_as_utf8():
+    """A non-ASCII .ascii string (French text) assembles to its UTF-8 bytes."""
+    code = assemble('.ascii "déjà"')
+
+    assert code == "déjà".encode()

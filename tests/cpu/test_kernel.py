@@ -195,6 +195,15 @@ def test_program_assembly_error_names_the_program():
     assert info.value.line == 2
 
 
+def test_hello_with_accented_text_assembles():
+    """hello() with accented French text assembles, its message stored as UTF-8."""
+    program = programs.hello(text="Ça marche déjà")
+
+    code = assemble(program.source, PROGRAM_BASE)
+
+    assert code.endswith("Ça marche déjà\n".encode())
+
+
 # -- programs ----------------------------------------------------------------------
 
 

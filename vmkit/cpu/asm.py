@@ -59,8 +59,59 @@ def _capstone():
     return Cs(CS_ARCH_X86, CS_MODE_64)
 
 
+_ESCAPES = {"n": 10, "t": 9, "r": 13, "0": 0, "\\": 92, '"': 34, "'": 39}
+_STRING_DIRECTIVE = re.compile(r"\.(ascii|asciz|string)\s+")
+
+
+def _literal(number: int, line: str, i: int) -> tuple[bytes, int]:
+    """Read the string literal opening at ``line[i]``; return its UTF-8 bytes and the index after it."""
+    data, i = bytearray(), i + 1
+    while i < len(line):
+        char = line[i]
+        if char == '"':
+            return bytes(data), i + 1
+        if char == "\\":
+            escape = line[i + 1:i + 2]
+            if escape not in _ESCAPES:
+                raise AssemblyError(number, line, f"unknown escape \\{escape} in a string")
+            data.append(_ESCAPES[escape])
+            i += 2
+        else:
+            data += char.encode("utf-8")
+            i += 1
+    raise AssemblyError(number, line, "unterminated string")
+
+
+def _prepare(number: int, line: str) -> str:
+    """Cut the ``;`` comment and turn ``.ascii "..."`` into ``.byte`` of its UTF-8 bytes.
+
+    keystone encodes its input as ASCII and never returns on an unterminated
+    string, so vmkit reads string literals itself.
+    """
+    out, i = [], 0
+    while i < len(line) and line[i] != ";":
+        directive = _STRING_DIRECTIVE.match(line, i)
+        if directive:
+            data, i = _literal(number, line, directive.end()) if line[directive.end():directive.end() + 1] == '"' \
+                else (None, i)
+            if data is None:
+                raise AssemblyError(number, line, f".{directive.group(1)} needs a string in double quotes")
+            if directive.group(1) != "ascii":
+                data += b"\0"
+            out.append(".byte " + ", ".join(f"{b:#04x}" for b in data) if data else "")
+            continue
+        if line[i] == '"':
+            raise AssemblyError(number, line, "a string belongs after .ascii, .asciz or .string")
+        out.append(line[i])
+        i += 1
+    text = "".join(out).rstrip()
+    if not text.isascii():
+        raise AssemblyError(number, line, "non-ASCII character outside a string")
+    return text
+
+
 def _strip(source: str) -> list[str]:
-    return [line.split(";", 1)[0].rstrip() for line in source.splitlines()]
+    return [_prepare(number, line) for number, line in enumerate(source.splitlines(), start=1)]
 
 
 def _reason(exc: Exception) -> str:

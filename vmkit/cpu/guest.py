@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from vmkit.cpu.kernel import (
-    GDT, PCB_PID, PCB_SIZE, PCB_STATE, PCB_STATUS, PROCS, RUNNABLE, DEAD, KILLED,
+    GDT, PCB_PID, PCB_SIZE, PCB_STATE, PCB_STATUS, PROCS, RUNNABLE, DEAD, KILLED, SLEEPING,
     BootImage, GuestKernel, build,
 )
 from vmkit.cpu.devices import Devices
@@ -75,7 +75,7 @@ class Guest:
             state = self.vcpu.read_u64(base + PCB_STATE)
             status = self.vcpu.read_u64(base + PCB_STATUS) if state in (DEAD, KILLED) else None
             result.append(Process(self.vcpu.read_u64(base + PCB_PID), self.kernel.programs[i].name,
-                                  {RUNNABLE: "runnable", DEAD: "exited", KILLED: "killed"}.get(state, "?"), status))
+                                  {RUNNABLE: "runnable", DEAD: "exited", KILLED: "killed", SLEEPING: "sleeping"}.get(state, "?"), status))
         return result
 
     def deliver_stop(self, stop: Stop) -> Delivery:

@@ -50,7 +50,9 @@ def io_bitmap_exits(bitmap: bytes, port: int, size: int) -> bool:
     Bitmap A (bytes 0..4095) covers ports 0x0000-0x7FFF, bitmap B the rest, one
     bit per port; an access exits if the bit of any port it touches is set.
     """
-    return any(bitmap[p >> 3] >> (p & 7) & 1 for p in range(port, min(port + size, 0x10000)))
+    if port + size > 0x10000:
+        return True  # an access that wraps around the port space always exits
+    return any(bitmap[p >> 3] >> (p & 7) & 1 for p in range(port, port + size))
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class Hypervisor:
         """Create a VM: boot image in its memory, a fresh VMCS, the controls written."""
         if any(vm.name == name for vm in self.vms):
             raise VmkitError(f"a VM named {name!r} exists already")
+        self._take_cpu_back()
         address = VMCS_BASE + len(self.vms) * 0x1000
         vm = VM(name, Guest(kernel), address)
         vmx = self.vmx
@@ -168,6 +171,18 @@ class Hypervisor:
         self.events.append(Event(self.now, "vm", f"created, VMCS at {address:#x}", name))
         return vm
 
+    def _take_cpu_back(self) -> None:
+        """If the last run() paused inside a guest, get the CPU back as a VMM must: by a VM exit.
+
+        The host's own interrupt (external-interrupt exiting) is how a real VMM
+        regains the CPU for management work.
+        """
+        if self._inside is None:
+            return
+        vm, _ = self._inside
+        self._inside = None
+        self._exit(vm, ExitReason.EXTERNAL_INTERRUPT, None, "the host takes the CPU back")
+
     def vm(self, name: str) -> VM:
         for vm in self.vms:
             if vm.name == name:
@@ -194,7 +209,7 @@ class Hypervisor:
         if not self.vms:
             raise VmkitError("no VM to run: create_vm(name, kernel) first")
         until = self.now + instructions
-        if self._inside is not None:  # the last run() ended while a guest ran
+        if self._inside is not None and self.now < until:  # the last run() ended while a guest ran
             vm, quantum = self._inside
             self._inside = None
             self._enter(vm, until, quantum=quantum, entered=True)
@@ -379,9 +394,10 @@ class Hypervisor:
                          **self._guest_state(vm))
         vm.exits[reason] += 1
         self.timeline.mark(self.now, "hypervisor")
+        rip = vcpu.rip  # GUEST_RIP: the instruction that exited, before a handler skips it
         handler = getattr(self, f"handle_{reason.name.lower()}")
         detail = handler(vm, stop) or text
-        self.exits.append(Exit(self.now, vm.name, reason, qualification, vcpu.rip, detail))
+        self.exits.append(Exit(self.now, vm.name, reason, qualification, rip, detail))
         self.now += self.config.exit_cost
         return reason
 

@@ -7,7 +7,10 @@ interrupt (vector 32), saves the running program's registers in its process
 table and resumes the next one, round robin: that is how the guest OS takes
 the CPU back from its programs. ``int 0x80`` is its system call gate (DPL 3;
 an interrupt gate, so the kernel is never interrupted),
-with Linux's numbers: write 1, sched_yield 24, getpid 39, exit 60. A fault in
+with Linux's numbers: write 1, sched_yield 24, getpid 39, exit 60, and 35 as
+sleep (Linux's nanosleep, but counted in timer ticks). With nothing runnable
+but a sleeper, the kernel idles with ``sti; hlt``: the CPU is free until the
+next timer interrupt (under a hypervisor, HLT yields it to another VM). A fault in
 a program (#DE, #UD, #GP, #PF) kills it, as a signal would.
 
 Guest-physical memory map (identity, no paging: that is chapter 2)::
@@ -42,11 +45,11 @@ KERNEL_BASE = 0x10000
 PROGRAM_BASE, PROGRAM_SPAN = 0x20000, 0x10000
 
 # Process control block: state, pid, 15 saved registers, the iretq frame.
-PCB_STATE, PCB_PID, PCB_RAX, PCB_RIP, PCB_STATUS = 0x00, 0x08, 0x10, 0x88, 0xB0
+PCB_STATE, PCB_PID, PCB_RAX, PCB_RIP, PCB_STATUS, PCB_WAKE = 0x00, 0x08, 0x10, 0x88, 0xB0, 0xB8
 SAVED = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 FRAME = ("rip", "cs", "rflags", "rsp", "ss")
-RUNNABLE, DEAD, KILLED = 1, 2, 3
+RUNNABLE, DEAD, KILLED, SLEEPING = 1, 2, 3, 4
 
 COM1, PIT_CH0, PIT_CMD, PIC_CMD = 0x3F8, 0x40, 0x43, 0x20
 
@@ -138,9 +141,28 @@ kernel_entry:                   ; ring 0, on the kernel stack
     jmp schedule
 
 timer_handler:                  ; vector 32, interrupt gate
-{_save(False)}    inc qword ptr [ticks]
+    test qword ptr [rsp+8], 3   ; interrupted CS: ring 0 means the idle loop
+    jnz timer_from_user
+    add rsp, 40                 ; nothing to save: drop the frame
+    jmp timer_tick
+timer_from_user:
+{_save(False)}timer_tick:
+    inc qword ptr [ticks]
     mov al, 0x20
     out {PIC_CMD:#x}, al              ; end of interrupt to the 8259 PIC
+    mov rcx, qword ptr [nprocs]      ; wake the sleepers whose time has come
+    mov rbx, {PROCS:#x}
+wake_next:
+    cmp qword ptr [rbx], {SLEEPING}
+    jne wake_skip
+    mov rax, qword ptr [rbx+{PCB_WAKE:#x}]
+    cmp rax, qword ptr [ticks]
+    ja wake_skip
+    mov qword ptr [rbx], {RUNNABLE}
+wake_skip:
+    add rbx, {PCB_SIZE:#x}
+    dec rcx
+    jnz wake_next
     jmp schedule
 
 schedule:                       ; round robin over runnable programs
@@ -169,13 +191,26 @@ resume_user:                    ; rebuild the iretq frame from the PCB
 iret_to_user:
     iretq
 
-idle:                           ; nothing left to run: power off
+idle:                           ; nothing runnable: wait if someone sleeps, else power off
+    mov rcx, qword ptr [nprocs]
+    mov rbx, {PROCS:#x}
+idle_scan:
+    cmp qword ptr [rbx], {SLEEPING}
+    je idle_wait
+    add rbx, {PCB_SIZE:#x}
+    dec rcx
+    jnz idle_scan
     lea rsi, [msg_idle]
     mov rcx, {len(MSG_IDLE) - 1}
     call kputs
+power_off:
     cli
     hlt
-    jmp idle
+    jmp power_off
+idle_wait:                      ; halt until the next interrupt: the CPU is free
+    sti
+    hlt
+    jmp idle_wait
 
 syscall_handler:                ; int 0x80, interrupt gate of DPL 3
 {_save(False)}    mov rbx, qword ptr [rax+{PCB_RAX:#x}]
@@ -183,6 +218,8 @@ syscall_handler:                ; int 0x80, interrupt gate of DPL 3
     je sys_write
     cmp rbx, 24
     je sys_yield
+    cmp rbx, 35
+    je sys_sleep
     cmp rbx, 39
     je sys_getpid
     cmp rbx, 60
@@ -197,6 +234,13 @@ sys_write:                      ; write(rdi=buffer, rsi=length)
     jmp resume_user
 sys_yield:
     mov qword ptr [rax+{PCB_RAX:#x}], 0
+    jmp schedule
+sys_sleep:                      ; sleep(rdi=ticks): Linux's 35 is nanosleep, with a timespec
+    mov rbx, qword ptr [rax+{PCB_RAX + 8 * SAVED.index('rdi'):#x}]
+    add rbx, qword ptr [ticks]
+    mov qword ptr [rax+{PCB_WAKE:#x}], rbx
+    mov qword ptr [rax+{PCB_RAX:#x}], 0
+    mov qword ptr [rax], {SLEEPING}
     jmp schedule
 sys_getpid:
     mov rbx, qword ptr [rax+{PCB_PID:#x}]

@@ -1,7 +1,8 @@
 """Ring-3 programs for the guest kernel, in real x86-64 assembly.
 
 Each function returns a :class:`Program`; system calls go through ``int 0x80``
-with Linux's numbers (rax = 1 write, 24 sched_yield, 39 getpid, 60 exit).
+with Linux's numbers (rax = 1 write, 24 sched_yield, 39 getpid, 60 exit; 35 sleeps
+for a number of timer ticks).
 Taught in course/01_cpu/01_modes_privileges.ipynb and 03_timers_multiplexing.ipynb.
 """
 
@@ -30,6 +31,24 @@ compute:
     dec rcx
     jnz compute
 {_write('letter', 1)}    dec r12
+    jnz round
+{_EXIT}letter: .ascii "{letter}"
+""")
+
+
+def sleeper(name: str, letter: str, *, ticks: int = 2, rounds: int = 4) -> Program:
+    """Print ``letter``, then sleep ``ticks`` timer ticks, ``rounds`` times; then exit."""
+    if len(letter) != 1 or not letter.isprintable():
+        raise VmkitError(f"letter must be one printable character, not {letter!r}")
+    if ticks < 1:
+        raise VmkitError(f"ticks must be >= 1, not {ticks}")
+    return Program(name, f"""
+    mov r12, {rounds}
+round:
+{_write('letter', 1)}    mov rax, 35
+    mov rdi, {ticks}
+    int 0x80
+    dec r12
     jnz round
 {_EXIT}letter: .ascii "{letter}"
 """)
@@ -86,18 +105,26 @@ def wild_pointer(address: int = 0x4000_0000, name: str = "wild") -> Program:
 
 
 def cpuid_probe(name: str = "cpuid") -> Program:
-    """CPUID leaf 0x40000000 (the hypervisor leaf); print the 12-byte vendor signature."""
-    return Program(name, """
+    """Ask CPUID whether a hypervisor is present, and if so its 12-byte signature.
+
+    Software checks CPUID.1:ECX bit 31 ("hypervisor present") before it reads
+    the hypervisor leaf 0x40000000, as Linux's ``detect_hypervisor_vendor`` does.
+    """
+    return Program(name, f"""
+    mov eax, 1
+    cpuid
+    bt ecx, 31
+    jnc bare
     mov eax, 0x40000000
     cpuid
     mov dword ptr [sig], ebx
     mov dword ptr [sig+4], ecx
     mov dword ptr [sig+8], edx
-    mov rax, 1
-    lea rdi, [text]
-    mov rsi, 24
-    int 0x80
-""" + _EXIT + 'text: .ascii "hypervisor: "\nsig: .ascii "............\\n"\n')
+{_write('text', 25)}{_EXIT}bare:
+{_write('none', 14)}{_EXIT}text: .ascii "hypervisor: "
+sig: .ascii "............\\n"
+none: .ascii "no hypervisor\\n"
+""")
 
 
 def vmx_probe(mnemonic: str = "vmxon", name: str | None = None) -> Program:

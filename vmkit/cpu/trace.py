@@ -43,10 +43,11 @@ class Timeline:
         self._marks: list[tuple[int, str, str | None]] = []
 
     def mark(self, time: int, holder: str, vm: str | None = None) -> None:
+        """From ``time`` on, ``holder`` (of ``vm``) has the CPU."""
+        if self._marks and self._marks[-1][0] == time:
+            self._marks.pop()  # the previous holder had it for no time at all
         if self._marks and self._marks[-1][1:] == (holder, vm):
             return
-        if self._marks and self._marks[-1][0] == time:
-            self._marks.pop()
         self._marks.append((time, holder, vm))
 
     def spans(self, end: int) -> list[Span]:

@@ -1,0 +1,79 @@
+"""Tests for vmkit.core.exercise: seeded exercises and their French feedback."""
+
+import random
+
+import pytest
+
+from vmkit.core import Exercise, Feedback
+
+
+class Sum(Exercise):
+    """A toy exercise: add two numbers drawn from the seed."""
+
+    hint: str = "Additionnez les deux nombres."
+
+    def _generate(self, rng: random.Random) -> None:
+        self.a, self.b = rng.randrange(1000), rng.randrange(1000)
+
+    def prompt(self) -> str:
+        return f"Combien font {self.a} + {self.b} ?"
+
+    def solution(self) -> int:
+        return self.a + self.b
+
+
+def test_same_seed_same_prompt():
+    """Two exercises built from the same seed ask the same question."""
+    first, second = Sum(seed=7), Sum(seed=7)
+
+    assert first.prompt() == second.prompt()
+    assert first.solution() == second.solution()
+
+
+def test_different_seeds_differ():
+    """Different seeds give different questions (over a few seeds)."""
+    prompts = {Sum(seed=s).prompt() for s in range(5)}
+
+    assert len(prompts) > 1
+
+
+def test_right_answer_is_correct():
+    """check(solution) returns a correct Feedback that says 'Juste'."""
+    exercise = Sum(seed=3)
+
+    feedback = exercise.check(exercise.solution())
+
+    assert feedback.correct is True
+    assert str(feedback).startswith("Juste")
+
+
+def test_wrong_answer_is_incorrect_with_hint():
+    """check(wrong) returns an incorrect Feedback in French, with the expected answer and the hint."""
+    exercise = Sum(seed=3)
+    wrong = exercise.solution() + 1
+
+    feedback = exercise.check(wrong)
+
+    text = str(feedback)
+    assert feedback.correct is False
+    assert text.startswith("Pas tout à fait")
+    assert str(exercise.solution()) in text
+    assert "Indice : Additionnez les deux nombres." in text
+
+
+def test_feedback_without_hint_has_no_hint_line():
+    """An incorrect Feedback without a hint does not print an 'Indice' line."""
+    feedback = Feedback(False, "Non.")
+
+    assert str(feedback) == "Pas tout à fait. Non."
+
+
+def test_base_exercise_requires_generate():
+    """Exercise itself cannot be instantiated: subclasses must define _generate."""
+    with pytest.raises(NotImplementedError):
+        Exercise(seed=0)
+
+
+def test_repr_shows_class_and_seed():
+    """repr names the exercise class and its seed."""
+    assert repr(Sum(seed=42)) == "Sum(seed=42)"
