@@ -48,7 +48,7 @@ def test_right_answer_is_correct():
 
 
 def test_wrong_answer_is_incorrect_with_hint():
-    """check(wrong) returns an incorrect Feedback in French, with the expected answer and the hint."""
+    """check(wrong) returns an incorrect Feedback in French, says why, keeps the answer secret, adds the hint."""
     exercise = Sum(seed=3)
     wrong = exercise.solution() + 1
 
@@ -57,8 +57,30 @@ def test_wrong_answer_is_incorrect_with_hint():
     text = str(feedback)
     assert feedback.correct is False
     assert text.startswith("Pas tout à fait")
-    assert str(exercise.solution()) in text
+    assert "trop grand" in text
+    assert str(exercise.solution()) not in text.replace(str(wrong), "")
     assert "Indice : Additionnez les deux nombres." in text
+
+
+def test_none_answer_asks_for_an_answer():
+    """The notebooks' placeholder None asks the student to answer instead of judging."""
+    feedback = Sum(seed=3).check(None)
+
+    assert not feedback.correct and "Remplacez None" in feedback.message
+
+
+def test_wrong_type_answer_says_which_type():
+    """A string where an integer is expected is refused with the expected type, in French."""
+    feedback = Sum(seed=3).check("12")
+
+    assert not feedback.correct and "nombre entier" in feedback.message
+
+
+def test_bool_is_not_an_integer_answer():
+    """True is not accepted as the integer 1."""
+    feedback = Sum(seed=3).check(True)
+
+    assert not feedback.correct and "nombre entier" in feedback.message
 
 
 def test_feedback_without_hint_has_no_hint_line():

@@ -48,12 +48,13 @@ def test_solution_passes_check(cls, seed):
 
 
 def test_vmx_error_wrong_answer_explained_in_french():
-    """A wrong error number is rejected with the right one, its meaning and a hint."""
+    """A wrong error number is rejected with its own meaning, where the CPU stands, and a hint, not the answer."""
     exercise = next(VMXErrorExercise(s) for s in SEEDS if VMXErrorExercise(s).solution() == 5)
     feedback = exercise.check(4)
     assert not feedback.correct
-    assert "Votre réponse, 4, signifierait : VMLAUNCH avec un VMCS" in feedback.message
-    assert "l'erreur 5 : VMRESUME avec un VMCS qui n'est pas « launched »" in feedback.message
+    assert "L'erreur 4 signifierait : VMLAUNCH avec un VMCS" in feedback.message
+    assert "Juste avant la dernière instruction" in feedback.message
+    assert "VMRESUME avec un VMCS qui n'est pas « launched »" not in feedback.message
     assert "Indice" in str(feedback)
 
 
@@ -61,7 +62,7 @@ def test_vmx_error_non_integer_answer_is_explained():
     """A non-integer answer asks for an integer instead of crashing."""
     feedback = VMXErrorExercise(0).check("quatre")
     assert not feedback.correct
-    assert feedback.message.startswith("Donnez un entier")
+    assert feedback.message.startswith("Répondez par un nombre entier")
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -104,11 +105,11 @@ def test_io_wrong_answer_names_the_differing_bits():
     feedback = exercise.check(wrong)
     assert not feedback.correct
     assert "bit 3 (direction, 1 = IN)" in feedback.message
-    assert "port" not in feedback.message.split("diffèrent dans")[1]
+    assert "port" not in feedback.message.split("faux sur")[1]
     assert feedback.hint
 
 
 def test_io_non_integer_answer_is_explained():
     """A non-integer answer asks for an integer."""
     feedback = IOQualificationExercise(0).check("0x3f8")
-    assert not feedback.correct and "Donnez un entier" in feedback.message
+    assert not feedback.correct and "nombre entier" in feedback.message

@@ -146,7 +146,7 @@ def test_exercise_prompt_quotes_the_text_in_french():
     """The prompt names the text and asks for the COM1 exits, in French."""
     ex = IOExitExercise(0)
 
-    assert repr(ex.text) in ex.prompt()
+    assert f"« {ex.text} »" in ex.prompt()
     assert "Combien de sorties IO_INSTRUCTION" in ex.prompt()
 
 
@@ -172,13 +172,13 @@ def test_exercise_accepts_the_solution():
 
 
 def test_exercise_rejects_a_wrong_count_with_explanation():
-    """check() rejects a wrong count, giving the right one and a hint, in French."""
+    """check() rejects a wrong count as too large, without the right one, with a hint, in French."""
     ex = IOExitExercise(2)
 
     feedback = ex.check(ex.solution() + 1)
 
     assert not feedback.correct
-    assert str(ex.solution()) in feedback.message and "sorties" in feedback.message
+    assert "trop grand" in feedback.message and str(ex.solution()) not in feedback.message
     assert feedback.hint == IOExitExercise.hint
 
 

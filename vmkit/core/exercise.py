@@ -2,9 +2,13 @@
 
 An exercise is generated from a seed: ``prompt()`` states it in French,
 ``solution()`` gives the answer, ``check(answer)`` returns a :class:`Feedback`
-that says, in French, right, or wrong and why, with a hint. Subclasses define
-``_generate(rng)`` (draw the parameters), ``prompt``, ``solution`` and
-``_explain(answer)`` (why a wrong answer is wrong).
+that says, in French, right, or wrong and why, with a hint. A wrong answer's
+feedback never gives the solution away: only ``solution()`` does, and
+notebooks keep it in a cell tagged ``solution``.
+
+Subclasses define ``_generate(rng)`` (draw the parameters), ``prompt``,
+``solution``, ``answer_type`` (``int`` or ``bool``) and ``_explain(answer)``
+(why a well-typed wrong answer is wrong).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Exercise:
     """A seeded exercise: same seed, same question, same answer."""
 
     hint: str = ""
+    answer_type: type = int
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -52,16 +57,32 @@ class Exercise:
     def solution(self) -> Any:
         raise NotImplementedError
 
-    def _same(self, answer: Any) -> bool:
-        return answer == self.solution()
-
     def _explain(self, answer: Any) -> str:
-        return f"La réponse attendue est {self.solution()!r}, pas {answer!r}."
+        """Why a wrong answer is wrong, without giving the solution."""
+        if self.answer_type is int:
+            return f"{answer} est trop {'grand' if answer > self.solution() else 'petit'}."
+        return "Ce n'est pas la réponse attendue."
+
+    def _congrats(self) -> str:
+        """What a right answer confirms (may explain the solution)."""
+        return ""
+
+    def _type_problem(self, answer: Any) -> str | None:
+        if answer is None:
+            return "Remplacez None par votre réponse."
+        if self.answer_type is bool and not isinstance(answer, bool):
+            return f"Répondez True ou False, pas {answer!r}."
+        if self.answer_type is int and (not isinstance(answer, int) or isinstance(answer, bool)):
+            return f"Répondez par un nombre entier (par exemple 12 ou 0x3F8), pas {answer!r}."
+        return None
 
     def check(self, answer: Any) -> Feedback:
         """Compare an answer with the solution and explain, in French."""
-        if self._same(answer):
-            return Feedback(True, "")
+        problem = self._type_problem(answer)
+        if problem:
+            return Feedback(False, problem, self.hint)
+        if answer == self.solution():
+            return Feedback(True, self._congrats())
         return Feedback(False, self._explain(answer), self.hint)
 
     def __repr__(self) -> str:

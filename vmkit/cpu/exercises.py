@@ -84,8 +84,8 @@ def _replay(steps: list[str]) -> tuple[VMX, VMXSnapshot, VMXError | None] | None
 class VMXErrorExercise(Exercise):
     """Which VM-instruction error does the last instruction of a sequence return?"""
 
-    hint = ("Suivez pas à pas l'état du processeur (off, root, non-root), le VMCS courant "
-            "et son launch state (clear ou launched) ; le tableau 30-1 du SDM donne les numéros.")
+    hint = ("suivez pas à pas l'état du processeur (off, root, non-root), le VMCS courant "
+            "et son launch state (clear ou launched) ; VM_INSTRUCTION_ERROR_TEXT donne les numéros.")
 
     def _generate(self, rng: random.Random) -> None:
         # Mostly errors, which are the point, each number as likely; sometimes a success.
@@ -115,33 +115,22 @@ class VMXErrorExercise(Exercise):
     def solution(self) -> int:
         return self._error.number if self._error else 0
 
-    def _same(self, answer: Any) -> bool:
-        try:
-            return operator.index(answer) == self.solution()
-        except TypeError:
-            return False
-
-    def _explain(self, answer: Any) -> str:
+    def _explain(self, answer: int) -> str:
         before = self._before
         vmcs = ("aucun VMCS courant" if before.current_vmcs is None else
-                f"VMCS courant {before.current_vmcs:#x} ({before.launch_state})")
-        where = f"Juste avant, le processeur est en {before.state.value}, {vmcs}."
-        last = self.steps[-1]
+                f"le VMCS courant est {before.current_vmcs:#x}, « {before.launch_state} »")
+        where = f"Juste avant la dernière instruction, le processeur est en {before.state.value} ; {vmcs}."
+        meaning = VM_INSTRUCTION_ERROR_TEXT.get(answer)
+        said = (f"L'erreur {answer} signifierait : {meaning}." if meaning else
+                "0 signifierait que la dernière instruction réussit." if answer == 0
+                else f"{answer} n'est pas un numéro d'erreur VM-instruction de ce modèle.")
+        return f"{said} {where}"
+
+    def _congrats(self) -> str:
         if self._error is None:
-            verdict = f"La dernière instruction, {last}, réussit : la réponse est 0."
-        else:
-            n = self._error.number
-            verdict = (f"La dernière instruction, {last}, échoue avec {self._error.kind} et "
-                       f"l'erreur {n} : {VM_INSTRUCTION_ERROR_TEXT[n]}.")
-        try:
-            given = operator.index(answer)
-        except TypeError:
-            return f"Donnez un entier, pas {answer!r}. {where} {verdict}"
-        meaning = VM_INSTRUCTION_ERROR_TEXT.get(given)
-        said = (f"Votre réponse, {given}, signifierait : {meaning}. " if meaning else
-                f"Votre réponse, {given}, signifierait que l'instruction réussit. " if given == 0
-                else f"{given} n'est pas un numéro d'erreur VM-instruction de ce modèle. ")
-        return f"{said}{where} {verdict}"
+            return "La dernière instruction réussit."
+        n = self._error.number
+        return f"Erreur {n} ({self._error.kind}) : {VM_INSTRUCTION_ERROR_TEXT[n]}."
 
 
 def _draw_prefix(rng: random.Random) -> list[str]:
@@ -195,7 +184,7 @@ _IO_FIELDS = (
 class IOQualificationExercise(Exercise):
     """Encode the exit qualification of an IN or OUT that caused a VM exit."""
 
-    hint = ("Construisez le nombre champ par champ : (taille - 1) | IN << 3 | immédiat << 6 "
+    hint = ("construisez le nombre champ par champ : (taille - 1) | IN << 3 | immédiat << 6 "
             "| port << 16.")
 
     def _generate(self, rng: random.Random) -> None:
@@ -227,26 +216,14 @@ class IOQualificationExercise(Exercise):
     def solution(self) -> int:
         return self.qualification.encode()
 
-    def _same(self, answer: Any) -> bool:
-        try:
-            return operator.index(answer) == self.solution()
-        except TypeError:
-            return False
-
-    def _explain(self, answer: Any) -> str:
+    def _explain(self, answer: int) -> str:
+        if answer < 0:
+            return f"Une qualification de sortie est un entier positif ou nul, pas {answer}."
         expected = self.solution()
-        try:
-            given = operator.index(answer)
-        except TypeError:
-            return f"Donnez un entier, par exemple 0x12345678, pas {answer!r}."
-        if given < 0:
-            return f"Une qualification de sortie est un entier positif, pas {given}."
-        wrong = [f"{name} : attendu {expected >> low & mask:#x}, trouvé {given >> low & mask:#x}"
-                 for name, low, mask in _IO_FIELDS if (expected ^ given) >> low & mask]
-        if given >> 64:
-            wrong.append("votre nombre dépasse 64 bits")
-        return (f"Attendu {expected:#010x}, vous avez donné {given:#010x} ; ils diffèrent "
-                f"dans : " + " ; ".join(wrong) + ".")
+        wrong = [name for name, low, mask in _IO_FIELDS if (expected ^ answer) >> low & mask]
+        if answer >> 64:
+            wrong.append("au-delà du bit 63 (une qualification tient en 64 bits)")
+        return f"{answer:#010x} est faux sur : " + " ; ".join(wrong) + "."
 
 
 class PrivilegeExercise(Exercise):
@@ -256,8 +233,8 @@ class PrivilegeExercise(Exercise):
     Machine and reads the guest kernel's process table (killed, status 13).
     """
 
-    # name -> ring-3 source; the first six are privileged (out: CPL > IOPL and no I/O bitmap) (CPL 0 only,
-    # SDM Vol. 3A §5.9), the others are allowed to any program.
+    # name -> ring-3 source; the first six are privileged (CPL 0 only, SDM Vol. 3A §5.9;
+    # out: CPL > IOPL and no I/O bitmap), the others are allowed to any program.
     CANDIDATES = {
         "hlt": "hlt",
         "cli": "cli",
@@ -272,6 +249,7 @@ class PrivilegeExercise(Exercise):
     }
     hint = ("seules les instructions qui touchent à l'état de toute la machine (interruptions, "
             "tables du CPU, registres de contrôle, MSR, ports d'E/S) sont réservées à l'anneau 0.")
+    answer_type = bool
 
     def _generate(self, rng) -> None:
         self.instruction = rng.choice(sorted(self.CANDIDATES))
@@ -293,11 +271,16 @@ class PrivilegeExercise(Exercise):
         (process,) = self.run().guest.processes()
         return process.state == "killed" and process.status == 13
 
-    def _explain(self, answer) -> str:
+    def _explain(self, answer: bool) -> str:
+        return self._congrats()
+
+    def _congrats(self) -> str:
+        # a yes/no question: any explanation gives the answer, so it is the explanation
         if self.solution():
             return (f"« {self.instruction} » est privilégiée : à l'anneau 3, le CPU lève #GP "
                     "et le noyau tue le programme.")
-        return f"« {self.instruction} » est permise à l'anneau 3 : le programme continue et se termine normalement."
+        return (f"« {self.instruction} » est permise à l'anneau 3 : le programme continue "
+                "et se termine normalement.")
 
 
 class TimerExercise(Exercise):
@@ -309,7 +292,7 @@ class TimerExercise(Exercise):
     """
 
     hint = ("le noyau programme le PIT au tout début (événement « PIT period »), "
-            "puis l'horloge sonne une fois toutes les `période` instructions.")
+            "puis le timer sonne une fois par période.")
 
     def _generate(self, rng) -> None:
         self.period = rng.choice((300, 400, 500, 600, 800, 1_000))
@@ -319,8 +302,9 @@ class TimerExercise(Exercise):
     def prompt(self) -> str:
         t0 = next(e.time for e in self.run(50).events if e.kind == "io")
         return (f"Le noyau invité programme son horloge (le PIT) à l'instruction {t0}, avec une période de "
-                f"{self.period} instructions, puis fait tourner {self.programs} programme(s) "
-                "qui calculent sans jamais faire d'appel système.\n"
+                f"{self.period} instructions, puis fait tourner "
+                + ("1 programme qui calcule" if self.programs == 1 else f"{self.programs} programmes qui calculent")
+                + " sans jamais faire d'appel système.\n"
                 f"Combien d'interruptions d'horloge pendant les {self.instructions} premières instructions ?")
 
     def run(self, instructions: int | None = None):
@@ -336,6 +320,6 @@ class TimerExercise(Exercise):
         return sum(1 for e in self.run().events
                    if e.kind == "interrupt" and e.text.startswith("timer interrupt"))
 
-    def _explain(self, answer) -> str:
-        return (f"Il y en a {self.solution()} : une toutes les {self.period} instructions "
-                f"à partir de l'instant où le PIT est programmé, pas {answer!r}.")
+    def _congrats(self) -> str:
+        return (f"Une interruption toutes les {self.period} instructions, à partir de l'instant "
+                "où le PIT est programmé.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from vmkit.core import Exercise, Feedback
+from vmkit.core import Exercise
 from vmkit.cpu.hypervisor import Hypervisor, HypervisorConfig
 from vmkit.cpu.kernel import GuestKernel, Program
 from vmkit.cpu.machine import Machine
@@ -36,7 +36,7 @@ def single_machine(programs: tuple[Program, ...], period: int = 20_000, duration
 class IOExitExercise(Exercise):
     """How many I/O exits on COM1 does printing a message cost?"""
 
-    hint = ("Chaque octet écrit par le noyau sur le port série est une instruction OUT, "
+    hint = ("chaque octet écrit par le noyau sur le port série est une instruction OUT, "
             "et chaque OUT est une sortie de VM ; n'oubliez ni le saut de ligne ni le "
             "message final du noyau.")
 
@@ -45,7 +45,7 @@ class IOExitExercise(Exercise):
         self.text = " ".join(rng.sample(words, rng.randint(1, 3)))
 
     def prompt(self) -> str:
-        return (f"Dans une VM, le programme hello écrit {self.text!r} (puis un saut de ligne) "
+        return (f"Dans une VM, le programme hello écrit « {self.text} » (puis un saut de ligne) "
                 f"avec write(2), puis se termine ; le noyau écrit alors 'kernel: all done, halt' "
                 f"et un saut de ligne. Combien de sorties IO_INSTRUCTION portent sur le port 0x3F8 ?")
 
@@ -56,11 +56,5 @@ class IOExitExercise(Exercise):
         return sum(1 for e in hv.exits if e.reason is ExitReason.IO_INSTRUCTION
                    and IOQualification.decode(e.qualification).port == 0x3F8)
 
-    def _explain(self, answer) -> str:
-        return (f"{answer!r} n'est pas le compte : le modèle a enregistré {self.solution()} "
-                f"sorties d'E/S sur COM1.")
-
-    def check(self, answer) -> Feedback:
-        if not isinstance(answer, int):
-            return Feedback(False, f"La réponse est un nombre entier, pas {answer!r}.", self.hint)
-        return super().check(answer)
+    def _congrats(self) -> str:
+        return "Une sortie par octet : c'est pourquoi une console émulée est lente."
