@@ -4,7 +4,7 @@ import pytest
 
 from vmkit.core import VmkitError
 from vmkit.cpu import programs
-from vmkit.cpu.kernel import GuestKernel
+from vmkit.cpu.kernel import GuestKernel, Program
 from vmkit.cpu.machine import Machine
 
 IDLE = "kernel: all done, halt\n"
@@ -260,3 +260,37 @@ def test_run_rejects_negative_budget():
 
     with pytest.raises(VmkitError, match=">= 0"):
         machine.run(-1)
+
+
+def _run_one(source: str) -> Machine:
+    return Machine(GuestKernel((Program("p", source + "\n    mov rax, 60\n    int 0x80"),))).run(20_000)
+
+
+@pytest.mark.parametrize("vector", [0, 6, 8, 13, 14, 32])
+def test_int_n_through_a_dpl0_gate_from_ring3_is_a_gp(vector):
+    """int n to a DPL-0 gate from ring 3 is #GP, handled serially: never #DF nor a triple fault."""
+    machine = _run_one(f"int {vector}")
+
+    (process,) = machine.guest.processes()
+    assert (process.state, process.status) == ("killed", 13)
+    assert machine.state == "halted"
+
+
+@pytest.mark.parametrize(("instruction", "status"), [("syscall", 6), ("sysenter", 13), ("rdrand rax", 6),
+                                                      ("rdseed rax", 6)])
+def test_instructions_the_kernel_does_not_enable_fault(instruction, status):
+    """SYSCALL (EFER.SCE = 0) is #UD, SYSENTER (no SYSENTER_CS) is #GP; RDRAND/RDSEED are absent: #UD."""
+    (process,) = _run_one(instruction).guest.processes()
+
+    assert (process.state, process.status) == ("killed", status)
+
+
+def test_rdtsc_reads_simulated_time():
+    """RDTSC answers the machine's simulated time, so two runs print the same bytes."""
+    source = ("rdtsc\n    mov dword ptr [buf], eax\n    mov rax, 1\n    lea rdi, [buf]\n    mov rsi, 4\n"
+              "    int 0x80\n    mov rax, 60\n    int 0x80\nbuf: .quad 0")
+    consoles = [bytes(Machine(GuestKernel((Program("p", source),))).run(20_000).guest.devices.console)
+                for _ in range(2)]
+
+    assert consoles[0] == consoles[1]
+    assert 0 < int.from_bytes(consoles[0][:4], "little") < 20_000

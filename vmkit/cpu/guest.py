@@ -94,6 +94,12 @@ class Guest:
         assert stop.kind is StopKind.INTERRUPT, stop
         return vcpu.deliver(stop.vector)
 
+    def answer_rdtsc(self, stop: Stop, tsc: int) -> None:
+        """Emulate RDTSC: EDX:EAX = the time-stamp counter, then move past it."""
+        self.vcpu.set_reg("rax", tsc & 0xFFFFFFFF)
+        self.vcpu.set_reg("rdx", tsc >> 32 & 0xFFFFFFFF)
+        self.skip(stop)
+
     def skip(self, stop: Stop) -> None:
         """Move RIP past the instruction that stopped (it has been emulated)."""
         self.vcpu.set_reg("rip", stop.rip + stop.length)

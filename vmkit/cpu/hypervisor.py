@@ -364,6 +364,12 @@ class Hypervisor:
             return None
         if kind is StopKind.CPUID:
             return ExitReason.CPUID  # CPUID always exits
+        if kind is StopKind.RDTSC:
+            if proc & ProcBasedControls.RDTSC_EXITING:
+                return ExitReason.RDTSC
+            self.now += 1  # no exit: the guest reads the TSC plus the VMCS's TSC offset
+            vm.guest.answer_rdtsc(stop, self.now + self.vmx.current_vmcs.read(VMCSField.TSC_OFFSET))
+            return None
         if kind is StopKind.HLT:
             if proc & ProcBasedControls.HLT_EXITING:
                 return ExitReason.HLT
@@ -460,6 +466,11 @@ class Hypervisor:
             return "hlt with IF = 0: the VM is powered off"
         vm.state = "waiting"
         return "the guest is idle: the CPU goes to another VM"
+
+    def handle_rdtsc(self, vm: VM, stop: Stop) -> str:
+        tsc = self.now + self.vmx.vmread(VMCSField.TSC_OFFSET)
+        vm.guest.answer_rdtsc(stop, tsc)
+        return f"TSC = {tsc}"
 
     def handle_vmcall(self, vm: VM, stop: Stop) -> str:
         vcpu = vm.guest.vcpu

@@ -111,8 +111,11 @@ class Machine:
         kind = stop.kind
         if kind is StopKind.BUDGET:
             return
-        if kind in (StopKind.IO, StopKind.CPUID):
+        if kind in (StopKind.IO, StopKind.CPUID, StopKind.RDTSC):
             self.now += 1  # the device answered: the instruction retires
+        if kind is StopKind.RDTSC:
+            guest.answer_rdtsc(stop, self.now)  # the TSC counts simulated time
+            return
         if kind is StopKind.IO:
             if stop.direction == "out":
                 what = guest.devices.out(stop.port, stop.value)

@@ -55,6 +55,7 @@ class StopKind(Enum):
     INTERRUPT = "interrupt"    # int n, or an exception the CPU raised
     IO = "io"                  # in/out
     CPUID = "cpuid"
+    RDTSC = "rdtsc"            # the time-stamp counter: answered from simulated time
     HLT = "hlt"
     INVALID = "invalid"        # an opcode unicorn refuses (VMX instructions among them)
     MEMORY = "memory"          # an access outside the machine's memory
@@ -141,6 +142,9 @@ class VCPU:
         self._X = X
         self.memory_size = memory_size
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        # Nehalem: no RDRAND/RDSEED, whose host randomness would break determinism
+        # (they raise #UD, as on a CPU without them)
+        self.uc.ctl_set_cpu_model(X.UC_CPU_X86_NEHALEM)
         self.uc.mem_map(0, memory_size)
         self._offset = _counter_offset()
         self._base = self.uc._uch.value
@@ -160,6 +164,9 @@ class VCPU:
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSENTER)
+        self._hook_rdtsc()
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
 
@@ -308,6 +315,37 @@ class VCPU:
                           length=2, mnemonic="cpuid"))
         return 1  # skip: the handler writes RAX..RDX
 
+    def _hook_rdtsc(self) -> None:
+        # unicorn's RDTSC returns the host's clock. The C API can hook it, its
+        # Python binding does not expose it: register through the same path.
+        import ctypes as c
+
+        from unicorn import UC_HOOK_INSN
+        from unicorn.unicorn_py3.arch import intel
+        from unicorn.unicorn_py3.unicorn import uccallback
+
+        @uccallback(self.uc, intel.HOOK_INSN_CPUID_CFUNC)
+        def on_rdtsc(uc, _key):
+            self._record(Stop(StopKind.RDTSC, self._count() - 1, self.rip, self.cpl,
+                              length=2, mnemonic="rdtsc"))
+            return 1
+
+        self._rdtsc_callback = on_rdtsc  # keep it alive as long as the hook
+        self.uc._Uc__do_hook_add(UC_HOOK_INSN, on_rdtsc, 1, 0, c.c_int(self._X.UC_X86_INS_RDTSC))
+
+    def _on_syscall(self, uc, _data):
+        # unicorn hands SYSCALL/SYSENTER to a hook instead of executing them. Our
+        # guest kernel enables neither: SYSCALL with EFER.SCE = 0 is #UD, SYSENTER
+        # with IA32_SYSENTER_CS = 0 is #GP(0) (SDM Vol. 2B).
+        rip = self.rip
+        insn = self.disassemble_at(rip, 1)
+        if not insn or insn[0].mnemonic not in ("syscall", "sysenter"):
+            rip -= 2
+        mnemonic = self.disassemble_at(rip, 1)[0].mnemonic
+        vector = Vector.UD if mnemonic == "syscall" else Vector.GP
+        self._record(Stop(StopKind.INTERRUPT, self._count() - 1, rip, self.cpl, vector=int(vector),
+                          mnemonic=mnemonic))
+
     def _on_invalid(self, uc, _data):
         rip = self.rip
         try:
@@ -316,6 +354,10 @@ class VCPU:
             insn = []
         mnemonic = insn[0].mnemonic if insn else "(undecodable)"
         size = insn[0].size if insn else 0
+        if mnemonic == "int":  # unicorn reports "int 6" as an invalid opcode
+            self._record(Stop(StopKind.INTERRUPT, self._count(), rip, self.cpl, length=size,
+                              vector=int(insn[0].op_str, 0), software=True, mnemonic="int"))
+            return True
         self._record(Stop(StopKind.INVALID, self._count() - 1, rip, self.cpl,
                           length=size, vector=int(Vector.UD), mnemonic=mnemonic))
         return True
@@ -350,9 +392,11 @@ class VCPU:
                 return Delivery(tuple(chain), False, from_cpl, result.to_cpl,
                                 result.handler, result.stack, result.frame)
             fault, code = result
-            if vector == Vector.DF:
+            if vector == Vector.DF and not software:
                 return Delivery(tuple(chain), True, from_cpl)
-            first_bad = vector in CONTRIBUTORY or vector == Vector.PF
+            # int n is not an exception: a fault while delivering it is handled
+            # serially, like a benign event (SDM Vol. 3A §6.15, Table 6-5)
+            first_bad = not software and (vector in CONTRIBUTORY or vector == Vector.PF)
             second_bad = fault in CONTRIBUTORY or (vector == Vector.PF and fault == Vector.PF)
             if first_bad and second_bad:
                 vector, error_code = int(Vector.DF), 0   # Table 6-5
