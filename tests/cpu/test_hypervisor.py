@@ -494,14 +494,36 @@ def test_split_run_gives_same_spans():
     assert split.spans() == whole.spans()
 
 
-def test_run_is_relative_to_now():
-    """run(n) runs n more instructions; an exit's cost may overshoot the end by up to exit_cost."""
+def test_run_advances_the_horizon():
+    """run(n) moves the horizon by n; an exit in progress at the horizon may pass it by up to exit_cost."""
     hv = two_workers().run(50_000)
-    before = hv.now
 
     hv.run(50_000)
 
-    assert before + 50_000 <= hv.now <= before + 50_000 + hv.config.exit_cost
+    assert 100_000 <= hv.now <= 100_000 + hv.config.exit_cost
+
+
+def _two_small_vms(timers: str) -> Hypervisor:
+    hv = Hypervisor(HypervisorConfig(exit_cost=100, preemption_timer=5_000, timers=timers))
+    hv.create_vm("a", GuestKernel((hello("h", "x"), worker("W", "W", work=500, rounds=3)), timer_period=3_000))
+    hv.create_vm("b", GuestKernel((hello("h", "y"), spinner()), timer_period=3_000))
+    return hv
+
+
+@pytest.mark.parametrize("timers", ["vt", "single-hypervisor", "single-guest"])
+@pytest.mark.parametrize("chunk", [1, 7, 1_000, 4_999])
+def test_many_small_runs_equal_one_big_run(timers, chunk):
+    """Any split of run() gives the same exits, consoles and spans as one run of the same length."""
+    total = 30_000
+    whole = _two_small_vms(timers).run(total)
+    split = _two_small_vms(timers)
+    for _ in range(total // chunk):
+        split.run(chunk)
+    split.run(total - chunk * (total // chunk))
+
+    assert split.exits == whole.exits
+    assert [vm.console for vm in split.vms] == [vm.console for vm in whole.vms]
+    assert split.spans() == whole.spans()
 
 
 def test_run_zero_after_pause_keeps_the_paused_guest():

@@ -294,3 +294,38 @@ def test_rdtsc_reads_simulated_time():
 
     assert consoles[0] == consoles[1]
     assert 0 < int.from_bytes(consoles[0][:4], "little") < 20_000
+
+
+def _sleepy() -> Machine:
+    kernel = GuestKernel((programs.sleeper("s", "s", ticks=3, rounds=3), programs.worker("W", "W", rounds=2),
+                          programs.spinner()), timer_period=1_500)
+    return Machine(kernel)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, 4_999])
+def test_many_small_runs_equal_one_big_run(chunk):
+    """Any split of run() gives the same events, console and spans as one run of the same length."""
+    total = 30_000
+    whole = _sleepy().run(total)
+    split = _sleepy()
+    for _ in range(total // chunk):
+        split.run(chunk)
+    split.run(total - chunk * (total // chunk))
+
+    assert (split.now, split.events, split.console) == (whole.now, whole.events, whole.console)
+    assert split.spans() == whole.spans()
+
+
+def test_run_never_passes_its_horizon_while_idle():
+    """A kernel idling until its next tick does not carry the machine past the run's end."""
+    machine = Machine(GuestKernel((programs.sleeper("s", "s", ticks=3, rounds=3),), timer_period=5_000))
+
+    machine.run(500)
+
+    assert machine.now == 500
+
+
+def test_step_refuses_a_negative_count():
+    """step(-1) is a caller mistake, as run(-1) is."""
+    with pytest.raises(VmkitError):
+        Machine(GuestKernel((programs.hello(),))).step(-1)

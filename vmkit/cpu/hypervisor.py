@@ -129,7 +129,9 @@ class Hypervisor:
         self.events: list[Event] = []
         self.timeline = Timeline()
         self._turn = 0
-        self._inside: tuple[VM, int | None] | None = None  # a VM left in non-root by run()
+        self._horizon = 0
+        # a quantum the last run() left unfinished: (vm, time left, inside the guest?)
+        self._resume: tuple[VM, int | None, bool] | None = None
 
     # -- VMs ----------------------------------------------------------------------
 
@@ -177,10 +179,10 @@ class Hypervisor:
         The host's own interrupt (external-interrupt exiting) is how a real VMM
         regains the CPU for management work.
         """
-        if self._inside is None:
+        if self._resume is None or not self._resume[2]:
             return
-        vm, _ = self._inside
-        self._inside = None
+        vm, quantum, _ = self._resume
+        self._resume = (vm, quantum, False)
         self._exit(vm, ExitReason.EXTERNAL_INTERRUPT, None, "the host takes the CPU back")
 
     def vm(self, name: str) -> VM:
@@ -203,16 +205,22 @@ class Hypervisor:
     # -- running ------------------------------------------------------------------
 
     def run(self, instructions: int = 200_000) -> Hypervisor:
-        """Run the VMs for ``instructions`` more units of time, or until none can run."""
-        if instructions < 0:
-            raise VmkitError(f"instructions must be >= 0, not {instructions}")
+        """Advance the simulation's horizon by ``instructions`` units of time and run up to it.
+
+        The horizon, not ``now``, is what moves: an exit in progress at the
+        horizon completes (``now`` may pass it by up to ``exit_cost``), and
+        ``run(a)`` then ``run(b)`` is exactly ``run(a + b)``.
+        """
+        if not isinstance(instructions, int) or isinstance(instructions, bool) or instructions < 0:
+            raise VmkitError(f"instructions must be an int >= 0, not {instructions!r}")
         if not self.vms:
             raise VmkitError("no VM to run: create_vm(name, kernel) first")
-        until = self.now + instructions
-        if self._inside is not None and self.now < until:  # the last run() ended while a guest ran
-            vm, quantum = self._inside
-            self._inside = None
-            self._enter(vm, until, quantum=quantum, entered=True)
+        self._horizon += instructions
+        until = self._horizon
+        if self._resume is not None and self.now < until:  # the last run() stopped mid-quantum
+            vm, quantum, entered = self._resume
+            self._resume = None
+            self._enter(vm, until, quantum=quantum, entered=entered)
         while self.now < until:
             vm = self._pick()
             if vm is None:
@@ -224,7 +232,8 @@ class Hypervisor:
                 self._timer_ticks()
                 continue
             self._enter(vm, until)
-        self.timeline.mark(self.now, "hypervisor")
+        if self._resume is None or not self._resume[2]:
+            self.timeline.mark(self.now, "hypervisor")
         return self
 
     def _pick(self) -> VM | None:
@@ -250,16 +259,21 @@ class Hypervisor:
         """Give ``vm`` the CPU for one quantum: entries and exits until the quantum ends.
 
         After an exit that does not end the quantum (I/O, CPUID, ...) the VMM
-        resumes the same VM with the time left, as SDM Vol. 3C §32 advises
-        ("initial VM quantum less the time the VM has already run").
+        resumes the same VM with the time left, as SDM Vol. 3C §31.5 advises
+        ("initial VM quantum less the time the VM has already run"). ``quantum``
+        and ``entered`` resume a quantum that the last run() left unfinished,
+        in root operation (``entered`` False) or inside the guest (True).
         """
         vmx = self.vmx
-        if not entered:
-            if vmx.current_vmcs is None or vmx.current_vmcs.address != vm.vmcs:
-                vmx.vmptrld(vm.vmcs)
-            quantum = self.config.preemption_timer if self.config.timers != "single-guest" else None
-        while vm.state == "runnable" and self.now < until:
+        if not entered and (vmx.current_vmcs is None or vmx.current_vmcs.address != vm.vmcs):
+            vmx.vmptrld(vm.vmcs)
+        if quantum is None and self.config.timers != "single-guest":
+            quantum = self.config.preemption_timer
+        while vm.state == "runnable":
             if not entered:
+                if self.now >= until:
+                    self._resume = (vm, quantum, False)
+                    return
                 self._prepare_injection(vm)
                 if vmx.current_vmcs.launch_state == "clear":
                     vmx.vmlaunch()
@@ -272,7 +286,7 @@ class Hypervisor:
             if quantum is not None:
                 quantum -= ran
             if reason is None:  # the simulation paused inside the guest
-                self._inside = (vm, quantum)
+                self._resume = (vm, quantum, True)
                 return
             if reason in (ExitReason.PREEMPTION_TIMER, ExitReason.TRIPLE_FAULT, ExitReason.HLT):
                 return
@@ -333,7 +347,7 @@ class Hypervisor:
             if vm.next_tick is not None:
                 budget = min(budget, vm.next_tick - self.now)
             if vm.window:
-                budget = min(budget, 8)  # poll for IF = 1: interrupt-window exiting
+                budget = 1  # step until IF = 1: the interrupt window opens on that boundary
             if vm.activity == "hlt":   # halted inside the guest: the CPU idles in non-root
                 self.timeline.mark(self.now, "idle", vm.name)
                 self.now += budget

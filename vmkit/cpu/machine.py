@@ -30,6 +30,11 @@ class Step:
     event: str
 
 
+def _check_count(value, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise VmkitError(f"{name} must be an int >= 0, not {value!r}")
+
+
 class Machine:
     """A physical machine running ``kernel`` with nothing underneath it."""
 
@@ -42,6 +47,8 @@ class Machine:
         self.timeline = Timeline()
         self._next_tick: int | None = None
         self._pending_irq = False
+        self._waiting = False   # after HLT with IF = 1
+        self._horizon = 0
 
     @property
     def vcpu(self):
@@ -55,16 +62,19 @@ class Machine:
         self.events.append(Event(self.now, kind, text))
 
     def run(self, instructions: int = 100_000) -> Machine:
-        """Run for ``instructions`` more instructions, or until the machine stops."""
-        if instructions < 0:
-            raise VmkitError(f"instructions must be >= 0, not {instructions}")
-        until = self.now + instructions
-        while self.now < until and self.state == "running":
-            self._slice(until - self.now)
+        """Run for ``instructions`` more instructions, or until the machine stops.
+
+        ``run(a)`` then ``run(b)`` is exactly ``run(a + b)``.
+        """
+        _check_count(instructions, "instructions")
+        self._horizon += instructions
+        while self.now < self._horizon and self.state == "running":
+            self._slice(self._horizon)
         return self
 
     def step(self, count: int = 1) -> list[Step]:
         """Execute ``count`` instructions one at a time, recording each."""
+        _check_count(count, "count")
         steps = []
         for _ in range(count):
             if self.state != "running":
@@ -72,17 +82,24 @@ class Machine:
             rip, cpl = self.vcpu.rip, self.vcpu.cpl
             insn = self.vcpu.disassemble_at(rip, 1)
             before = len(self.events)
-            self._slice(1)
+            self._horizon = max(self._horizon, self.now) + 1
+            self._slice(self._horizon)
             text = "; ".join(e.text for e in self.events[before:])
             steps.append(Step(self.now, rip, cpl, insn[0].text if insn else "?", text))
         return steps
 
-    def _slice(self, limit: int) -> None:
-        budget = limit
+    def _slice(self, until: int) -> None:
+        if self._waiting:  # halted with IF = 1: the CPU sleeps until the next interrupt
+            target = until if self._next_tick is None else min(until, self._next_tick)
+            self.timeline.mark(self.now, "idle")
+            self.now = max(self.now, target)
+            self._tick()
+            return
+        budget = until - self.now
         if self._next_tick is not None:
             budget = min(budget, max(self._next_tick - self.now, 1))
         if self._pending_irq:
-            budget = min(budget, 8)  # poll until the kernel re-enables interrupts
+            budget = 1  # step until the kernel sets IF: delivery on that very boundary
         start = self.now
         self.timeline.mark(start, self.guest.holder())
         self.guest.user_entries.clear()
@@ -91,12 +108,17 @@ class Machine:
             self.timeline.mark(start + offset, f"pid {pid}")
         self.now += stop.retired
         self._handle(stop)
+        self._tick()
+
+    def _tick(self) -> None:
+        """The PIT raises IRQ 0 when due; the CPU takes it when IF = 1."""
         if self._next_tick is not None and self.now >= self._next_tick:
             self._pending_irq = True
             while self._next_tick <= self.now:
                 self._next_tick += self.guest.devices.pit.period
         if self._pending_irq and self.state == "running" and self.guest.interrupts_enabled:
             self._pending_irq = False
+            self._waiting = False
             self._deliver(self.vcpu.deliver(int(Vector.TIMER), external=True), "timer interrupt")
 
     def _deliver(self, delivery, what: str) -> None:
@@ -141,9 +163,7 @@ class Machine:
                 self._event("halt", "hlt with interrupts disabled: the machine is off")
             else:
                 guest.skip(stop)
-                if self._next_tick is not None:
-                    self.timeline.mark(self.now, "idle")
-                    self.now = max(self.now, self._next_tick)
+                self._waiting = True  # until the next interrupt
         else:
             label = None
             if kind is StopKind.MEMORY:
