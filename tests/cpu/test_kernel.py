@@ -245,3 +245,26 @@ def test_every_program_assembles(program):
     code = assemble(program.source, PROGRAM_BASE)
 
     assert code
+
+
+@pytest.mark.parametrize("kwargs", [dict(timer_period=100.5), dict(timer_period="100"), dict(timer_period=None),
+                                    dict(memory_size=1 << 40), dict(memory_size=0x100000 * 1.0),
+                                    dict(memory_size=0x100800)])
+def test_guest_kernel_refuses_bad_numbers(kwargs):
+    """Wrong types or sizes of timer_period and memory_size are caller mistakes, said as such."""
+    with pytest.raises(VmkitError):
+        GuestKernel((programs.hello(),), **kwargs)
+
+
+@pytest.mark.parametrize("programs_", [("mov rax, 1",), "hello", (None,)])
+def test_guest_kernel_needs_programs(programs_):
+    """programs must be Program objects, not assembly text."""
+    with pytest.raises(VmkitError, match="tuple of Program"):
+        GuestKernel(programs_)
+
+
+@pytest.mark.parametrize(("name", "source"), [("", "nop"), ("x", None), ("x", b"nop")])
+def test_program_needs_a_name_and_text(name, source):
+    """A Program is a non-empty name and assembly text."""
+    with pytest.raises(VmkitError):
+        Program(name, source)

@@ -3,8 +3,8 @@
 ``core`` imports nothing else from vmkit (ARCHITECTURE.md, dependency rules).
 """
 
-from vmkit.core.errors import VmkitError
+from vmkit.core.errors import VmkitError, expect_int
 from vmkit.core.claims import check
 from vmkit.core.exercise import Exercise, Feedback
 
-__all__ = ["VmkitError", "check", "Exercise", "Feedback"]
+__all__ = ["VmkitError", "expect_int", "check", "Exercise", "Feedback"]

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from vmkit.core import VmkitError
+from vmkit.core import VmkitError, expect_int
 
 _LABEL = re.compile(r"^\s*([A-Za-z_.$][\w.$]*)\s*:")
 
@@ -127,6 +127,9 @@ def assemble(source: str, address: int = 0) -> bytes:
     """
     from keystone import KsError
 
+    if not isinstance(source, str):
+        raise VmkitError(f"assemble() takes assembly text (a str), not {type(source).__name__}")
+    expect_int(address, "address")
     lines = _strip(source)
     text = "\n".join(lines)
     if not text.strip():
@@ -156,6 +159,10 @@ def _locate(lines: list[str], address: int, exc: Exception) -> AssemblyError:
 
 def disassemble(code: bytes, address: int = 0, count: int = 0) -> list[Instruction]:
     """Decode ``code`` placed at ``address`` (at most ``count`` instructions if > 0)."""
+    if not isinstance(code, (bytes, bytearray, memoryview)):
+        raise VmkitError(f"disassemble() takes machine code (bytes), not {type(code).__name__}")
+    expect_int(address, "address")
+    expect_int(count, "count")
     return [
         Instruction(i.address, i.size, i.mnemonic, i.op_str, bytes(i.bytes))
         for i in _capstone().disasm(bytes(code), address, count)

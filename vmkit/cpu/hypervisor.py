@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from vmkit.core import VmkitError
+from vmkit.core import VmkitError, expect_int
 from vmkit.cpu.guest import Guest, describe_delivery
 from vmkit.cpu.kernel import GuestKernel
 from vmkit.cpu.trace import Event, Span, Timeline
@@ -67,15 +67,15 @@ class HypervisorConfig:
     io_bitmap_ports: frozenset[int] = frozenset({0x3F8})
 
     def __post_init__(self):
-        if self.preemption_timer < 1:
-            raise VmkitError(f"preemption_timer must be >= 1 instruction, not {self.preemption_timer}")
-        if self.exit_cost < 0:
-            raise VmkitError(f"exit_cost must be >= 0, not {self.exit_cost}")
+        expect_int(self.preemption_timer, "preemption_timer (instructions)", minimum=1)
+        expect_int(self.exit_cost, "exit_cost (instructions)")
+        if not isinstance(self.hlt_exiting, bool):
+            raise VmkitError(f"hlt_exiting is True or False, not {self.hlt_exiting!r}")
         if self.timers not in TIMER_MODES:
             raise VmkitError(f"timers must be one of {TIMER_MODES}, not {self.timers!r}")
         if self.io_exiting not in IO_MODES:
             raise VmkitError(f"io_exiting must be one of {IO_MODES}, not {self.io_exiting!r}")
-        if any(not 0 <= p <= 0xFFFF for p in self.io_bitmap_ports):
+        if any(not isinstance(p, int) or not 0 <= p <= 0xFFFF for p in self.io_bitmap_ports):
             raise VmkitError("I/O ports are 16-bit: 0..0xFFFF")
 
 
@@ -137,6 +137,10 @@ class Hypervisor:
 
     def create_vm(self, name: str, kernel: GuestKernel) -> VM:
         """Create a VM: boot image in its memory, a fresh VMCS, the controls written."""
+        if not isinstance(name, str) or not name:
+            raise VmkitError(f"a VM's name is a non-empty str, not {name!r}")
+        if not isinstance(kernel, GuestKernel):
+            raise VmkitError(f"create_vm(name, kernel) needs a GuestKernel, not {kernel!r}")
         if any(vm.name == name for vm in self.vms):
             raise VmkitError(f"a VM named {name!r} exists already")
         self._take_cpu_back()
@@ -211,8 +215,7 @@ class Hypervisor:
         horizon completes (``now`` may pass it by up to ``exit_cost``), and
         ``run(a)`` then ``run(b)`` is exactly ``run(a + b)``.
         """
-        if not isinstance(instructions, int) or isinstance(instructions, bool) or instructions < 0:
-            raise VmkitError(f"instructions must be an int >= 0, not {instructions!r}")
+        expect_int(instructions, "instructions")
         if not self.vms:
             raise VmkitError("no VM to run: create_vm(name, kernel) first")
         self._horizon += instructions

@@ -31,7 +31,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from vmkit.core import VmkitError
+from vmkit.core import VmkitError, expect_int
 from vmkit.cpu.asm import assemble
 from vmkit.cpu.x86 import (
     KERNEL_CS, TSS_IOMAP_BASE, TSS_RSP0, TSS_SELECTOR, TSS_SIZE, USER_CS, USER_DS,
@@ -66,6 +66,15 @@ class Program:
     name: str
     source: str
 
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise VmkitError(f"a program's name is a non-empty str, not {self.name!r}")
+        if not isinstance(self.source, str):
+            raise VmkitError(f"program {self.name!r}: its source is assembly text (a str), not {self.source!r}")
+
+
+MAX_MEMORY = 64 << 20  # a guest of at most 64 MiB: plenty for the course, bounded for the host
+
 
 @dataclass(frozen=True)
 class GuestKernel:
@@ -81,8 +90,15 @@ class GuestKernel:
     memory_size: int = 0x100000
 
     def __post_init__(self):
-        if not 1 <= self.timer_period <= 0xFFFF:
-            raise VmkitError(f"timer_period is a 16-bit PIT reload value: 1..65535, not {self.timer_period}")
+        if isinstance(self.programs, list):
+            object.__setattr__(self, "programs", tuple(self.programs))
+        if not isinstance(self.programs, tuple) or not all(isinstance(p, Program) for p in self.programs):
+            raise VmkitError("programs is a tuple of Program, e.g. (programs.hello(),); "
+                             f"got {self.programs!r}")
+        expect_int(self.timer_period, "timer_period (a 16-bit PIT reload value)", minimum=1, maximum=0xFFFF)
+        expect_int(self.memory_size, "memory_size", minimum=0x40000, maximum=MAX_MEMORY)
+        if self.memory_size % 0x1000:
+            raise VmkitError(f"memory_size must be a multiple of 4096, not {self.memory_size:#x}")
         if not self.programs:
             raise VmkitError("a guest kernel needs at least one program")
         if PROGRAM_BASE + len(self.programs) * PROGRAM_SPAN > self.memory_size:
@@ -257,11 +273,23 @@ kill_current:                   ; print "kernel: #XX in pid N, killed"
 {_pcb()}    mov qword ptr [rax], {KILLED}
     mov qword ptr [rax+{PCB_STATUS:#x}], rdx    ; the vector, as a signal number would be
     call kputs
-{_pcb()}    mov rbx, qword ptr [rax+{PCB_PID:#x}]
-    lea rsi, [digit]
-    add bl, 0x30
-    mov byte ptr [rsi], bl
-    mov rcx, 10
+{_pcb()}    mov rax, qword ptr [rax+{PCB_PID:#x}]
+    xor edx, edx
+    mov ecx, 10
+    div rcx                     ; rax = tens, rdx = units (pids stay below 100)
+    lea rsi, [digits]
+    add dl, 0x30
+    mov byte ptr [rsi+1], dl
+    mov rcx, 11                 ; two digits, then ", killed" and a newline
+    test rax, rax
+    jz one_digit
+    add al, 0x30
+    mov byte ptr [rsi], al
+    jmp print_pid
+one_digit:
+    inc rsi
+    dec rcx
+print_pid:
     call kputs
     jmp schedule
 
@@ -286,7 +314,7 @@ kputs_loop:
 kputs_done:
     ret
 
-digit: .ascii "0, killed\\n"
+digits: .ascii "00, killed\\n"
 msg_idle: .ascii "{MSG_IDLE}"
 msg_panic: .ascii "{MSG_PANIC}"
 {messages}

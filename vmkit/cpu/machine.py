@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmkit.core import VmkitError
+from vmkit.core import VmkitError, expect_int
 from vmkit.cpu.guest import Guest, describe_delivery
 from vmkit.cpu.kernel import GuestKernel
 from vmkit.cpu.trace import Event, Span, Timeline
@@ -30,15 +30,12 @@ class Step:
     event: str
 
 
-def _check_count(value, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise VmkitError(f"{name} must be an int >= 0, not {value!r}")
-
-
 class Machine:
     """A physical machine running ``kernel`` with nothing underneath it."""
 
     def __init__(self, kernel: GuestKernel, *, seed: int = 0):
+        if not isinstance(kernel, GuestKernel):
+            raise VmkitError(f"Machine(kernel) needs a GuestKernel, not {kernel!r}")
         self.seed = seed  # the machine is deterministic; kept for the common interface
         self.guest = Guest(kernel)
         self.now = 0
@@ -66,7 +63,7 @@ class Machine:
 
         ``run(a)`` then ``run(b)`` is exactly ``run(a + b)``.
         """
-        _check_count(instructions, "instructions")
+        expect_int(instructions, "instructions")
         self._horizon += instructions
         while self.now < self._horizon and self.state == "running":
             self._slice(self._horizon)
@@ -74,7 +71,7 @@ class Machine:
 
     def step(self, count: int = 1) -> list[Step]:
         """Execute ``count`` instructions one at a time, recording each."""
-        _check_count(count, "count")
+        expect_int(count, "count")
         steps = []
         for _ in range(count):
             if self.state != "running":

@@ -86,17 +86,30 @@ def privileged(instruction: str, name: str | None = None) -> Program:
 
 
 def getpid(name: str = "getpid") -> Program:
-    """Ask the kernel for its pid, print it as a digit, exit."""
+    """Ask the kernel for its pid and print it in decimal (``pid = N``), then exit."""
     return Program(name, """
     mov rax, 39
     int 0x80
-    add al, 0x30
-    mov byte ptr [digit], al
-    mov rax, 1
+    xor edx, edx
+    mov ecx, 10
+    div rcx                     ; rax = tens, rdx = units
+    add dl, 0x30
+    mov byte ptr [digits+1], dl
     lea rdi, [text]
-    mov rsi, 8
+    mov rsi, 9
+    test rax, rax
+    jz units_only
+    add al, 0x30
+    mov byte ptr [digits], al
+    jmp print
+units_only:
+    mov byte ptr [digits], dl   ; shift the units left over the tens
+    mov byte ptr [digits+1], 0x0a
+    dec rsi
+print:
+    mov rax, 1
     int 0x80
-""" + _EXIT + 'text: .ascii "pid = "\ndigit: .ascii "?\\n"\n')
+""" + _EXIT + 'text: .ascii "pid = "\ndigits: .ascii "??\\n"\n')
 
 
 def wild_pointer(address: int = 0x4000_0000, name: str = "wild") -> Program:

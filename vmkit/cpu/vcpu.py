@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
 
-from vmkit.core import VmkitError
+from vmkit.core import VmkitError, expect_int
 from vmkit.cpu.asm import Instruction, disassemble
 from vmkit.cpu.x86 import (
     CONTRIBUTORY,
@@ -137,8 +137,11 @@ class VCPU:
         )
         from unicorn import x86_const as X
 
-        if memory_size <= 0 or memory_size % 0x1000:
-            raise VmkitError(f"memory_size must be a positive multiple of 4096, not {memory_size}")
+        expect_int(memory_size, "memory_size", minimum=0x1000, maximum=64 << 20)
+        if memory_size % 0x1000:
+            raise VmkitError(f"memory_size must be a multiple of 4096, not {memory_size}")
+        if gdt_bytes and gdt + len(gdt_bytes) > memory_size:
+            raise VmkitError(f"the GDT at {gdt:#x} does not fit in {memory_size:#x} bytes of memory")
         self._X = X
         self.memory_size = memory_size
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -208,6 +211,8 @@ class VCPU:
         return bytes(self.uc.mem_read(address, size))
 
     def write(self, address: int, data: bytes) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise VmkitError(f"write() takes bytes, not {type(data).__name__}")
         self._check_range(address, len(data))
         self.uc.mem_write(address, bytes(data))
 
@@ -218,6 +223,8 @@ class VCPU:
         self.write(address, struct.pack("<Q", value & _END))
 
     def _check_range(self, address: int, size: int) -> None:
+        expect_int(address, "address", minimum=None)
+        expect_int(size, "size")
         if address < 0 or address + size > self.memory_size:
             raise VmkitError(
                 f"{address:#x}..{address + size:#x} is outside this machine's "
@@ -225,6 +232,7 @@ class VCPU:
             )
 
     def disassemble_at(self, address: int, count: int = 1) -> list[Instruction]:
+        expect_int(count, "count", minimum=1)
         end = min(address + 15 * count, self.memory_size)
         return disassemble(self.read(address, end - address), address, count)
 
@@ -237,6 +245,7 @@ class VCPU:
         """Run at most ``budget`` instructions; return why and where it stopped."""
         from unicorn import UcError
 
+        expect_int(budget, "budget", minimum=None)
         if budget <= 0:
             return Stop(StopKind.BUDGET, 0, self.rip, self.cpl)
         self._stop = None

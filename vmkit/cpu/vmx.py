@@ -790,6 +790,8 @@ class VMX:
 
     def vmwrite(self, encoding: VMCSField | int, value: int) -> Transition:
         """Write a field of the current VMCS; bits beyond its width are ignored (SDM 30.3)."""
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise VmkitError(f"VMWRITE takes an integer operand, not {value!r}")
         if not 0 <= value <= _U64:
             raise VmkitError(f"VMWRITE takes a 64-bit operand: {value:#x} does not fit")
         before = self._begin("vmwrite")

@@ -33,7 +33,7 @@ def draw_timeline(spans: list[Span], ax=None, *, start: int = 0, end: int | None
     rows = _rows(shown)
     users = sorted({s.holder for s in shown if s.holder.startswith("pid")})
     for y, (vm, holder) in enumerate(rows):
-        colour = _COLOURS.get(holder) or _USER[users.index(holder) % len(_USER)]
+        colour = _COLOURS.get(holder) or (_USER[users.index(holder) % len(_USER)] if holder in users else "#999999")
         bars = [(max(s.start, start), min(s.end, end) - max(s.start, start))
                 for s in shown if (s.vm, s.holder) == (vm, holder)]
         ax.broken_barh(bars, (y - 0.4, 0.8), facecolors=colour)

@@ -156,7 +156,12 @@ class VMXExplorer:
 
     def __init__(self, vmx: VMX | None = None, exit_reason: ExitReason | int = ExitReason.CPUID):
         self.vmx = VMX() if vmx is None else vmx
-        self.exit_reason = ExitReason(exit_reason)
+        try:
+            self.exit_reason = ExitReason(exit_reason)
+        except ValueError:
+            raise VmkitError(f"{exit_reason!r} is not an Intel basic exit reason (see ExitReason)") from None
+        if vmx is not None and not isinstance(vmx, VMX):
+            raise VmkitError(f"VMXExplorer(vmx) takes a VMX model, not {vmx!r}")
         self.last_ok: bool | None = None  # None until a button is pressed
         if self.vmx.state is VMXState.OFF and not self.vmx.cr4_vmxe:
             self.vmx.set_cr4_vmxe(True)
