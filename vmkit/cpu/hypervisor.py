@@ -262,7 +262,7 @@ class Hypervisor:
         """Give ``vm`` the CPU for one quantum: entries and exits until the quantum ends.
 
         After an exit that does not end the quantum (I/O, CPUID, ...) the VMM
-        resumes the same VM with the time left, as SDM Vol. 3C §31.5 advises
+        resumes the same VM with the time left, as SDM Vol. 3C, ch. 31 of the 2016 edition, advises
         ("initial VM quantum less the time the VM has already run"). ``quantum``
         and ``entered`` resume a quantum that the last run() left unfinished,
         in root operation (``entered`` False) or inside the guest (True).

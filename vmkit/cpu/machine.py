@@ -79,7 +79,7 @@ class Machine:
             rip, cpl = self.vcpu.rip, self.vcpu.cpl
             insn = self.vcpu.disassemble_at(rip, 1)
             before = len(self.events)
-            self._horizon = max(self._horizon, self.now) + 1
+            self._horizon = self.now + 1  # one instruction (or one fault) per step
             self._slice(self._horizon)
             text = "; ".join(e.text for e in self.events[before:])
             steps.append(Step(self.now, rip, cpl, insn[0].text if insn else "?", text))

@@ -22,8 +22,12 @@ def _rows(spans: list[Span]) -> list[tuple[str | None, str]]:
     return rows
 
 
-def draw_timeline(spans: list[Span], ax=None, *, start: int = 0, end: int | None = None, title: str = ""):
-    """Draw one row per (VM, holder): who had the CPU, when. Returns the Axes."""
+def draw_timeline(spans: list[Span], ax=None, *, start: int = 0, end: int | None = None, title: str = "",
+                  labels: dict[str, str] | None = None):
+    """Draw one row per (VM, holder): who had the CPU, when. Returns the Axes.
+
+    ``labels`` renames holders on the axis, e.g. ``{"pid 1": "pid 1 (A)"}``.
+    """
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -38,7 +42,8 @@ def draw_timeline(spans: list[Span], ax=None, *, start: int = 0, end: int | None
                 for s in shown if (s.vm, s.holder) == (vm, holder)]
         ax.broken_barh(bars, (y - 0.4, 0.8), facecolors=colour)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{vm} · {h}" if vm else h for vm, h in rows])
+    names = labels or {}
+    ax.set_yticklabels([f"{vm} · {names.get(h, h)}" if vm else names.get(h, h) for vm, h in rows])
     ax.invert_yaxis()
     ax.set_xlim(start, end)
     ax.set_xlabel("temps (instructions)")

@@ -291,12 +291,13 @@ def _show(snapshot: VMXSnapshot) -> None:
 
 
 def vmx_history_table(vmx: VMX) -> HTML:
-    """``vmx.history`` as an HTML table: instruction, state before and after, ok, error."""
+    """``vmx.history`` as an HTML table: instruction, detail, state before and after, ok, error."""
     head = "".join(f"<th>{h}</th>" for h in
-                   ("#", "instruction", "avant", "après", "ok", "erreur"))
+                   ("#", "instruction", "détail", "avant", "après", "ok", "erreur"))
     rows = []
     for i, t in enumerate(vmx.history, start=1):
-        cells = (str(i), f"<code>{html.escape(_name(t.instruction))}</code>", t.before.value,
-                 t.after.value, "✔" if t.ok else "✘", "" if t.error is None else str(t.error))
+        cells = (str(i), f"<code>{html.escape(_name(t.instruction))}</code>", html.escape(t.note),
+                 t.before.value, t.after.value, "✔" if t.ok else "✘",
+                 "" if t.error is None else str(t.error))
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
