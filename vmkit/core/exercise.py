@@ -20,16 +20,17 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Feedback:
-    """The verdict on one answer, in French."""
+    """The verdict on one answer, in French; ``correct`` is None while there is no answer yet."""
 
-    correct: bool
+    correct: bool | None
     message: str
     hint: str = ""
 
     def __str__(self) -> str:
         if self.correct:
             return f"Juste ! {self.message}".rstrip()
-        text = f"Pas tout à fait. {self.message}".rstrip()
+        opening = "À vous :" if self.correct is None else "Pas tout à fait."
+        text = f"{opening} {self.message}".rstrip()
         if self.hint:
             text += f"\nIndice : {self.hint}"
         return text
@@ -68,8 +69,6 @@ class Exercise:
         return ""
 
     def _type_problem(self, answer: Any) -> str | None:
-        if answer is None:
-            return "Remplacez None par votre réponse."
         if self.answer_type is bool and not isinstance(answer, bool):
             return f"Répondez True ou False, pas {answer!r}."
         if self.answer_type is int and (not isinstance(answer, int) or isinstance(answer, bool)):
@@ -78,6 +77,8 @@ class Exercise:
 
     def check(self, answer: Any) -> Feedback:
         """Compare an answer with the solution and explain, in French."""
+        if answer is None:
+            return Feedback(None, "remplacez None par votre réponse, puis relancez cette cellule.", self.hint)
         problem = self._type_problem(answer)
         if problem:
             return Feedback(False, problem, self.hint)
