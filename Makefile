@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# JupyterLab refuses to run as root unless told; containers often run as root
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab course/
+	$(BIN)/jupyter lab course/ $(ROOT_FLAG)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
