@@ -10,10 +10,8 @@ course/01_cpu/02_vtx_lifecycle.ipynb (Intel SDM Vol. 3C, 30.4 and 27.2.1).
 
 from __future__ import annotations
 
-import operator
 import random
 from collections.abc import Callable
-from typing import Any
 
 from vmkit.core import Exercise, VmkitError
 from vmkit.cpu.vmx import (

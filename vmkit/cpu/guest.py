@@ -9,7 +9,6 @@ Taught in course/01_cpu/01_modes_privileges.ipynb.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from vmkit.cpu.kernel import (

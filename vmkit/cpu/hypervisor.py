@@ -34,7 +34,7 @@ from vmkit.cpu.vmx import (
     HOST_STATE_64, VMX, VMX_INSTRUCTION_EXITS, ExitReason, InterruptionInfo, InterruptionType,
     IOQualification, PinBasedControls, ProcBasedControls, VMCSField,
 )
-from vmkit.cpu.x86 import RFLAGS, Vector
+from vmkit.cpu.x86 import Vector
 
 VMXON_REGION = 0x1000
 VMCS_BASE = 0x10000

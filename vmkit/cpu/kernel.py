@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from vmkit.core import VmkitError, expect_int
 from vmkit.cpu.asm import assemble
 from vmkit.cpu.x86 import (
-    KERNEL_CS, TSS_IOMAP_BASE, TSS_RSP0, TSS_SELECTOR, TSS_SIZE, USER_CS, USER_DS,
-    Gate, GateType, Vector, segment_descriptor, tss_descriptor,
+    TSS_IOMAP_BASE, TSS_RSP0, TSS_SELECTOR, TSS_SIZE, USER_CS, USER_DS,
+    Gate, Vector, segment_descriptor, tss_descriptor,
 )
 
 GDT, IDT, TSS = 0x1000, 0x2000, 0x3000
@@ -130,7 +130,7 @@ def kernel_source(kernel: GuestKernel) -> str:
     restore = "\n".join(f"    mov {r}, qword ptr [rax+{PCB_RAX + 8 * i:#x}]"
                         for i, r in enumerate(SAVED) if r != "rax")
     frame = "\n".join(f"    push qword ptr [rax+{PCB_RIP + 8 * i:#x}]" for i in reversed(range(len(FRAME))))
-    bug = f"    lidt [bad_idtr]      ; the bug: an IDT of limit 0\n" if kernel.bug == "broken_idt" else ""
+    bug = "    lidt [bad_idtr]      ; the bug: an IDT of limit 0\n" if kernel.bug == "broken_idt" else ""
     faults = []
     for vector, name in FAULTS.items():
         faults.append(f"""
