@@ -46,14 +46,25 @@ class Guest:
         self.vcpu.set_reg("rip", self.image.entry)
         self.devices = Devices()
         self.user_entries: list[tuple[int, int]] = []  # (instructions into the slice, pid)
-        from unicorn import UC_HOOK_CODE
+        from unicorn import UC_HOOK_BLOCK
 
+        # A block hook on the kernel's iretq: a code hook, even on one address,
+        # would slow every instruction by a third; a block hook is checked when
+        # code is translated, and the kernel makes iretq start its own block.
         iret = self.image.symbols["iret_to_user"]
-        self.vcpu.uc.hook_add(UC_HOOK_CODE, self._on_iret, None, iret, iret)
+        self.vcpu.uc.hook_add(UC_HOOK_BLOCK, self._on_iret, None, iret, iret)
 
     def _on_iret(self, uc, address, size, _data):
-        # called before iretq executes; the count already includes it
-        self.user_entries.append((self.vcpu._count(), self.current_pid()))
+        # called before the block runs: the count covers what ran before iretq
+        self.user_entries.append((self.vcpu._count() + 1, self.current_pid()))
+
+    def entries_within(self, stop: Stop) -> list[tuple[int, int]]:
+        """The kernel -> program hand-overs of the slice that ended with ``stop``.
+
+        A slice can end on the iretq itself, before it runs: that one does not count
+        (the block hook fires again when the slice resumes there).
+        """
+        return [(offset, pid) for offset, pid in self.user_entries if offset <= stop.retired]
 
     def current_pid(self) -> int:
         index = self.vcpu.read_u64(self.image.symbols["current"])

@@ -359,7 +359,7 @@ class Hypervisor:
             self.timeline.mark(start, guest.holder(), vm.name)
             guest.user_entries.clear()
             stop = guest.vcpu.run(budget)
-            for offset, pid in guest.user_entries:
+            for offset, pid in guest.entries_within(stop):
                 self.timeline.mark(start + offset, f"pid {pid}", vm.name)
             self.now += stop.retired
             reason = self._in_guest(vm, stop, proc)

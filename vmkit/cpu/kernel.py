@@ -204,7 +204,8 @@ resume_user:                    ; rebuild the iretq frame from the PCB
 {_pcb()}{frame}
 {restore}
     mov rax, qword ptr [rax+{PCB_RAX:#x}]
-iret_to_user:
+    jmp iret_to_user            ; ends the translation block: iretq starts its own, which
+iret_to_user:                   ; the emulator watches at no cost (see guest.py)
     iretq
 
 idle:                           ; nothing runnable: wait if someone sleeps, else power off

@@ -101,7 +101,7 @@ class Machine:
         self.timeline.mark(start, self.guest.holder())
         self.guest.user_entries.clear()
         stop = self.vcpu.run(budget)
-        for offset, pid in self.guest.user_entries:
+        for offset, pid in self.guest.entries_within(stop):
             self.timeline.mark(start + offset, f"pid {pid}")
         self.now += stop.retired
         self._handle(stop)
