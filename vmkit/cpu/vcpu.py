@@ -151,6 +151,11 @@ class VCPU:
         self.uc.mem_map(0, memory_size)
         self._offset = _counter_offset()
         self._base = self.uc._uch.value
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        self._uclib, self._handle = uclib, self.uc._uch
+        self._buffer = ctypes.c_uint64(0)
+        self._buffer_ref = ctypes.byref(self._buffer)
         self._stop: Stop | None = None
         if gdt_bytes:
             self.uc.mem_write(gdt, gdt_bytes)
@@ -175,12 +180,30 @@ class VCPU:
 
     # -- registers and memory -------------------------------------------------
 
+    # Registers go through unicorn's C API (uc_reg_read/uc_reg_write) directly:
+    # the Python binding's dispatch costs about 5 us per call, and the
+    # hypervisor reads registers on every exit. All registers named here fit
+    # in 64 bits (segment selectors are 16-bit: the buffer is zeroed first).
+
     def reg(self, name: str) -> int:
         """Read a register by its lower-case name (rax, rip, cs, cr3, ...)."""
-        return self.uc.reg_read(self._id(name))
+        self._buffer.value = 0
+        status = self._uclib.uc_reg_read(self._handle, self._id(name), self._buffer_ref)
+        if status:
+            from unicorn import UcError
+            raise UcError(status)
+        return self._buffer.value
 
     def set_reg(self, name: str, value: int) -> None:
-        self.uc.reg_write(self._id(name), value)
+        regid = self._id(name)
+        if name in ("cs", "ss", "ds", "es"):
+            self.uc.reg_write(regid, value)  # selector loads: keep the binding's checks
+            return
+        self._buffer.value = value & _END
+        status = self._uclib.uc_reg_write(self._handle, regid, self._buffer_ref)
+        if status:
+            from unicorn import UcError
+            raise UcError(status)
 
     def _id(self, name: str) -> int:
         try:
