@@ -637,3 +637,39 @@ def test_create_vm_after_a_paused_run_takes_the_cpu_back_with_an_exit():
 
     assert hv.exits[exits].reason is ExitReason.EXTERNAL_INTERRUPT
     assert hv.vmx.state.name == "ROOT"
+
+
+def test_a_vm_created_after_all_halted_starts_at_the_horizon():
+    """When every VM has stopped, run() still moves time to its horizon: a later VM starts there."""
+    hv = Hypervisor()
+    hv.create_vm("a", GuestKernel((hello(),)))
+    hv.run(1_000_000)
+
+    hv.create_vm("b", GuestKernel((spinner(),)))
+    hv.run(10)
+
+    assert 1_000_010 <= hv.now <= 1_000_010 + hv.config.exit_cost
+
+
+def test_a_guest_halted_with_interrupts_off_costs_no_stepping():
+    """Without HLT exiting, a guest stuck in cli; hlt idles to the next event instead of single-stepping."""
+    hv = Hypervisor(HypervisorConfig(hlt_exiting=False, exit_cost=10))
+    vm = hv.create_vm("a", GuestKernel((hello(),), timer_period=500))
+
+    hv.run(1_000_000)
+
+    assert vm.activity == "hlt" and hv.now >= 1_000_000
+    assert len(hv.exits) < 5_000  # one exit per quantum or tick, not per instruction
+
+
+@pytest.mark.parametrize("ports", [5, None, [0x3F8]])
+def test_io_bitmap_ports_must_be_a_set(ports):
+    """io_bitmap_ports is a set of port numbers."""
+    with pytest.raises(VmkitError, match="set of ports"):
+        HypervisorConfig(io_bitmap_ports=ports)
+
+
+def test_hypervisor_needs_a_config_object():
+    """Hypervisor(config) refuses a dict."""
+    with pytest.raises(VmkitError, match="HypervisorConfig"):
+        Hypervisor({"exit_cost": 3})

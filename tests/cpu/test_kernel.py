@@ -268,3 +268,20 @@ def test_program_needs_a_name_and_text(name, source):
     """A Program is a non-empty name and assembly text."""
     with pytest.raises(VmkitError):
         Program(name, source)
+
+
+def test_guest_kernel_caps_programs_at_99():
+    """Pids print with two digits, so a kernel runs at most 99 programs."""
+    with pytest.raises(VmkitError, match="at most 99"):
+        GuestKernel((programs.hello(),) * 100, memory_size=64 << 20)
+
+
+@pytest.mark.parametrize("build_program", [
+    lambda: programs.worker("w", "a", work=0), lambda: programs.worker("w", "a", rounds=0),
+    lambda: programs.sleeper("s", "a", rounds=0), lambda: programs.hello(text=5),
+    lambda: programs.worker("w", 5), lambda: programs.sleeper("s", "s", ticks="2"),
+    lambda: programs.wild_pointer("x")])
+def test_program_builders_check_their_arguments(build_program):
+    """Program builders refuse zero loops (they would run 2**64 turns) and wrong types."""
+    with pytest.raises(VmkitError):
+        build_program()

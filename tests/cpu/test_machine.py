@@ -329,3 +329,13 @@ def test_step_refuses_a_negative_count():
     """step(-1) is a caller mistake, as run(-1) is."""
     with pytest.raises(VmkitError):
         Machine(GuestKernel((programs.hello(),))).step(-1)
+
+
+def test_printed_text_keeps_quotes_backslashes_newlines_and_accents():
+    """hello(), worker() and privileged() print their text byte for byte, in UTF-8."""
+    kernel = GuestKernel((programs.hello(text='a\nb "q" \\ é'), programs.worker("W", "é", rounds=1),
+                          programs.privileged("cli")))
+
+    console = Machine(kernel).run(200_000).console
+
+    assert console.startswith('a\nb "q" \\ é\né' + "try: cli...\n")

@@ -75,6 +75,8 @@ class HypervisorConfig:
             raise VmkitError(f"timers must be one of {TIMER_MODES}, not {self.timers!r}")
         if self.io_exiting not in IO_MODES:
             raise VmkitError(f"io_exiting must be one of {IO_MODES}, not {self.io_exiting!r}")
+        if not isinstance(self.io_bitmap_ports, (set, frozenset)):
+            raise VmkitError(f"io_bitmap_ports is a set of ports, e.g. frozenset({{0x3F8}}), not {self.io_bitmap_ports!r}")
         if any(not isinstance(p, int) or not 0 <= p <= 0xFFFF for p in self.io_bitmap_ports):
             raise VmkitError("I/O ports are 16-bit: 0..0xFFFF")
 
@@ -118,6 +120,8 @@ class Hypervisor:
     """A type-1 hypervisor on one physical CPU, time-multiplexing its VMs."""
 
     def __init__(self, config: HypervisorConfig = HypervisorConfig(), *, seed: int = 0):
+        if not isinstance(config, HypervisorConfig):
+            raise VmkitError(f"Hypervisor(config) takes a HypervisorConfig, not {config!r}")
         self.config = config
         self.seed = seed  # scheduling is round robin and deterministic
         self.vmx = VMX()
@@ -226,12 +230,10 @@ class Hypervisor:
             self._enter(vm, until, quantum=quantum, entered=entered)
         while self.now < until:
             vm = self._pick()
-            if vm is None:
+            if vm is None:  # every VM halted or waiting: the CPU idles until a tick, or the horizon
                 waiting = [v.next_tick for v in self.vms if v.state == "waiting" and v.next_tick]
-                if not waiting:
-                    break
                 self.timeline.mark(self.now, "idle")
-                self.now = min(until, max(self.now, min(waiting)))
+                self.now = min(until, max(self.now, min(waiting))) if waiting else until
                 self._timer_ticks()
                 continue
             self._enter(vm, until)
@@ -349,12 +351,12 @@ class Hypervisor:
                 budget = min(budget, end - self.now)
             if vm.next_tick is not None:
                 budget = min(budget, vm.next_tick - self.now)
-            if vm.window:
-                budget = 1  # step until IF = 1: the interrupt window opens on that boundary
             if vm.activity == "hlt":   # halted inside the guest: the CPU idles in non-root
                 self.timeline.mark(self.now, "idle", vm.name)
-                self.now += budget
+                self.now += budget     # until the next event; IF cannot change meanwhile
                 continue
+            if vm.window:
+                budget = 1  # step until IF = 1: the interrupt window opens on that boundary
             start = self.now
             self.timeline.mark(start, guest.holder(), vm.name)
             guest.user_entries.clear()

@@ -73,6 +73,7 @@ class Program:
             raise VmkitError(f"program {self.name!r}: its source is assembly text (a str), not {self.source!r}")
 
 
+MAX_PROGRAMS = 99
 MAX_MEMORY = 64 << 20  # a guest of at most 64 MiB: plenty for the course, bounded for the host
 
 
@@ -101,6 +102,8 @@ class GuestKernel:
             raise VmkitError(f"memory_size must be a multiple of 4096, not {self.memory_size:#x}")
         if not self.programs:
             raise VmkitError("a guest kernel needs at least one program")
+        if len(self.programs) > MAX_PROGRAMS:
+            raise VmkitError(f"at most {MAX_PROGRAMS} programs (pids print with two digits), not {len(self.programs)}")
         if PROGRAM_BASE + len(self.programs) * PROGRAM_SPAN > self.memory_size:
             raise VmkitError(f"{len(self.programs)} programs do not fit in {self.memory_size:#x} bytes")
         if self.bug not in (None, "broken_idt"):

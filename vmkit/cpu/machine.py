@@ -70,7 +70,11 @@ class Machine:
         return self
 
     def step(self, count: int = 1) -> list[Step]:
-        """Execute ``count`` instructions one at a time, recording each."""
+        """Execute ``count`` steps, recording each: one instruction, or one fault.
+
+        A faulting instruction retires nothing, so its step takes no time: a
+        debugger's view. ``run(n)`` counts retired instructions instead.
+        """
         expect_int(count, "count")
         steps = []
         for _ in range(count):

@@ -8,7 +8,7 @@ Taught in course/01_cpu/01_modes_privileges.ipynb and 03_timers_multiplexing.ipy
 
 from __future__ import annotations
 
-from vmkit.core import VmkitError
+from vmkit.core import VmkitError, expect_int
 from vmkit.cpu.kernel import Program
 
 _EXIT = "    mov rax, 60\n    xor edi, edi\n    int 0x80\n"
@@ -18,10 +18,27 @@ def _write(label: str, length: int) -> str:
     return f"    mov rax, 1\n    lea rdi, [{label}]\n    mov rsi, {length}\n    int 0x80\n"
 
 
+def _text(label: str, text: str) -> tuple[str, int]:
+    """A ``.byte`` line holding ``text`` in UTF-8, and its length in bytes."""
+    if not isinstance(text, str):
+        raise VmkitError(f"the text to print is a str, not {text!r}")
+    data = text.encode("utf-8")
+    if not data:
+        return f"{label}:\n", 0
+    return f"{label}: .byte {', '.join(str(b) for b in data)}\n", len(data)
+
+
+def _letter(letter) -> str:
+    if not isinstance(letter, str) or len(letter) != 1 or not letter.isprintable():
+        raise VmkitError(f"letter must be one printable character, not {letter!r}")
+    return letter
+
+
 def worker(name: str, letter: str, *, work: int = 300, rounds: int = 6) -> Program:
     """Compute for ``work`` loop turns, print ``letter``, ``rounds`` times; then exit."""
-    if len(letter) != 1 or not letter.isprintable():
-        raise VmkitError(f"letter must be one printable character, not {letter!r}")
+    data, size = _text("letter", _letter(letter))
+    expect_int(work, "work (loop turns)", minimum=1)
+    expect_int(rounds, "rounds", minimum=1)
     return Program(name, f"""
     mov r12, {rounds}
 round:
@@ -30,28 +47,25 @@ compute:
     add rbx, rcx                ; some work: 3 instructions per turn
     dec rcx
     jnz compute
-{_write('letter', 1)}    dec r12
+{_write('letter', size)}    dec r12
     jnz round
-{_EXIT}letter: .ascii "{letter}"
-""")
+{_EXIT}{data}""")
 
 
 def sleeper(name: str, letter: str, *, ticks: int = 2, rounds: int = 4) -> Program:
     """Print ``letter``, then sleep ``ticks`` timer ticks, ``rounds`` times; then exit."""
-    if len(letter) != 1 or not letter.isprintable():
-        raise VmkitError(f"letter must be one printable character, not {letter!r}")
-    if ticks < 1:
-        raise VmkitError(f"ticks must be >= 1, not {ticks}")
+    data, size = _text("letter", _letter(letter))
+    expect_int(ticks, "ticks", minimum=1)
+    expect_int(rounds, "rounds", minimum=1)
     return Program(name, f"""
     mov r12, {rounds}
 round:
-{_write('letter', 1)}    mov rax, 35
+{_write('letter', size)}    mov rax, 35
     mov rdi, {ticks}
     int 0x80
     dec r12
     jnz round
-{_EXIT}letter: .ascii "{letter}"
-""")
+{_EXIT}{data}""")
 
 
 def spinner(name: str = "spin") -> Program:
@@ -61,8 +75,10 @@ def spinner(name: str = "spin") -> Program:
 
 def hello(name: str = "hello", text: str = "Bonjour depuis l'anneau 3 !") -> Program:
     """Print one line with write(2) and exit."""
-    data = text.replace("\\", "\\\\").replace('"', '\\"')
-    return Program(name, _write("text", len(text.encode()) + 1) + _EXIT + f'text: .ascii "{data}\\n"\n')
+    if not isinstance(text, str):
+        raise VmkitError(f"the text to print is a str, not {text!r}")
+    data, size = _text("text", text + "\n")
+    return Program(name, _write("text", size) + _EXIT + data)
 
 
 PRIVILEGED = {
@@ -79,10 +95,10 @@ def privileged(instruction: str, name: str | None = None) -> Program:
     """Announce, then execute a privileged instruction at ring 3 (it raises #GP)."""
     if instruction not in PRIVILEGED:
         raise VmkitError(f"unknown privileged instruction {instruction!r}; known: {', '.join(PRIVILEGED)}")
-    return Program(name or instruction, _write("text", len(instruction) + 8) + f"""
+    data, size = _text("text", f"try: {instruction}...\n")
+    return Program(name or instruction, _write("text", size) + f"""
     {PRIVILEGED[instruction]}
-{_EXIT}text: .ascii "try: {instruction}...\\n"
-""")
+{_EXIT}{data}""")
 
 
 def getpid(name: str = "getpid") -> Program:
@@ -114,6 +130,7 @@ print:
 
 def wild_pointer(address: int = 0x4000_0000, name: str = "wild") -> Program:
     """Read memory at an address the machine does not have."""
+    expect_int(address, "address", maximum=(1 << 64) - 1)
     return Program(name, f"    mov rax, {address:#x}\n    mov rbx, qword ptr [rax]\n{_EXIT}")
 
 

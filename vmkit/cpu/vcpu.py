@@ -196,6 +196,7 @@ class VCPU:
 
     def set_reg(self, name: str, value: int) -> None:
         regid = self._id(name)
+        expect_int(value, f"the value of {name}", minimum=None)
         if name in ("cs", "ss", "ds", "es"):
             self.uc.reg_write(regid, value)  # selector loads: keep the binding's checks
             return
@@ -243,6 +244,7 @@ class VCPU:
         return struct.unpack("<Q", self.read(address, 8))[0]
 
     def write_u64(self, address: int, value: int) -> None:
+        expect_int(value, "value", minimum=None)
         self.write(address, struct.pack("<Q", value & _END))
 
     def _check_range(self, address: int, size: int) -> None:
@@ -412,8 +414,7 @@ class VCPU:
         The return address pushed is the current RIP: for a fault, the faulting
         instruction; for int n or an external interrupt, the next one.
         """
-        if not 0 <= vector <= 255:
-            raise VmkitError(f"vector must be 0..255, not {vector}")
+        expect_int(vector, "vector", maximum=255)
         from_cpl = self.cpl
         chain = [vector]
         if error_code is None and vector in ERROR_CODE_VECTORS and not software and not external:
