@@ -9,7 +9,7 @@ from vmkit.cpu.scenarios import two_vms
 from vmkit.cpu.programs import cpuid_probe, hello, spinner, vmx_probe, wild_pointer, worker
 from vmkit.cpu.trace import share
 from vmkit.cpu.vmx import (
-    INTR_INFO_VALID, ExitReason, InterruptionInfo, IOQualification, PinBasedControls,
+    INTR_INFO_VALID, CRAccessQualification, CRAccessType, ExitReason, InterruptionInfo, IOQualification, PinBasedControls,
     ProcBasedControls, VMCSField, VMXState,
 )
 
@@ -673,3 +673,55 @@ def test_hypervisor_needs_a_config_object():
     """Hypervisor(config) refuses a dict."""
     with pytest.raises(VmkitError, match="HypervisorConfig"):
         Hypervisor({"exit_cost": 3})
+
+
+def test_guest_kernel_msr_accesses_exit_without_msr_bitmaps():
+    """Without MSR bitmaps, the kernel's boot RDMSR and WRMSR exit with reasons 31 and 32."""
+    hv = one_vm(hello(), duration=100_000)
+
+    reasons = [e.reason for e in hv.exits[:2]]
+
+    assert reasons == [ExitReason.MSR_READ, ExitReason.MSR_WRITE]
+    assert hv.vms[0].msrs[0xC0000102] != 0
+
+
+def test_rdmsr_of_the_apic_base_is_emulated():
+    """The hypervisor answers RDMSR of IA32_APIC_BASE (0x1B) with the local APIC's reset address."""
+    hv = one_vm(hello(), duration=100_000)
+
+    first = hv.exits[0]
+
+    assert first.reason is ExitReason.MSR_READ and "0xfee00900" in first.text
+
+
+def test_cr3_load_exiting_traps_each_address_space_switch():
+    """With CR3-load exiting, each switch between two programs is exit 28 with MOV-to-CR3 by RBX."""
+    hv = Hypervisor(HypervisorConfig(cr3_load_exiting=True))
+    hv.create_vm("vm", GuestKernel((worker("A", "A", work=2_000, rounds=3),
+                                    worker("B", "B", work=2_000, rounds=3)), timer_period=5_000))
+
+    hv.run(300_000)
+
+    cr = [e for e in hv.exits if e.reason is ExitReason.CR_ACCESS]
+    q = CRAccessQualification.decode(cr[0].qualification)
+    assert len(cr) >= 4 and (q.cr, q.access_type, q.register) == (3, CRAccessType.MOV_TO_CR, 3)
+    assert hv.vms[0].console.endswith("kernel: all done, halt\n")
+
+
+def test_cr3_loads_do_not_exit_by_default():
+    """CR3-load exiting is off by default (as KVM with EPT): no exit 28."""
+    hv = two_workers().run(300_000)
+
+    assert all(e.reason is not ExitReason.CR_ACCESS for e in hv.exits)
+
+
+def test_exited_cr3_write_reaches_the_guest():
+    """After the handler emulates MOV to CR3, the guest's CR3 holds the new process's value."""
+    hv = Hypervisor(HypervisorConfig(cr3_load_exiting=True))
+    vm = hv.create_vm("vm", GuestKernel((worker("A", "A", work=2_000, rounds=3),
+                                         worker("B", "B", work=2_000, rounds=3)), timer_period=5_000))
+
+    hv.run(30_000)
+
+    cr3 = vm.guest.vcpu.reg("cr3")
+    assert cr3 in (0x28000, 0x38000)

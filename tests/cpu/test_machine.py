@@ -215,7 +215,7 @@ def test_step_returns_one_step_per_instruction():
     assert [s.time for s in steps] == [1, 2, 3, 4, 5]
     assert steps[0].rip == entry
     assert steps[0].instruction.startswith("lidt")
-    assert [s.instruction.split()[0] for s in steps[1:]] == ["mov", "ltr", "mov", "out"]
+    assert [s.instruction.split()[0] for s in steps[1:]] == ["mov", "ltr", "mov", "jmp"]
     assert all(s.cpl == 0 for s in steps)
 
 

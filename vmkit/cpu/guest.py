@@ -53,6 +53,11 @@ class Guest:
         # code is translated, and the kernel makes iretq start its own block.
         iret = self.image.symbols["iret_to_user"]
         self.vcpu.uc.hook_add(UC_HOOK_BLOCK, self._on_iret, None, iret, iret)
+        # the kernel's privileged instructions a hypervisor may trap (rbx is GPR 3)
+        symbols = self.image.symbols
+        self.vcpu.watch(symbols["load_cr3"], StopKind.CR_ACCESS, "mov cr3", register=3)
+        self.vcpu.watch(symbols["read_apic_base"], StopKind.MSR, "rdmsr", direction="in")
+        self.vcpu.watch(symbols["write_gs_base"], StopKind.MSR, "wrmsr", direction="out")
 
     def _on_iret(self, uc, address, size, _data):
         # called before the block runs: the count covers what ran before iretq

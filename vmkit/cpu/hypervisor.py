@@ -31,7 +31,8 @@ from vmkit.cpu.kernel import GuestKernel
 from vmkit.cpu.trace import Event, Span, Timeline
 from vmkit.cpu.vcpu import Stop, StopKind
 from vmkit.cpu.vmx import (
-    HOST_STATE_64, VMX, VMX_INSTRUCTION_EXITS, ExitReason, InterruptionInfo, InterruptionType,
+    HOST_STATE_64, VMX, VMX_INSTRUCTION_EXITS, CRAccessQualification, CRAccessType, ExitReason,
+    InterruptionInfo, InterruptionType,
     IOQualification, PinBasedControls, ProcBasedControls, VMCSField,
 )
 from vmkit.cpu.x86 import Vector
@@ -40,6 +41,11 @@ VMXON_REGION = 0x1000
 VMCS_BASE = 0x10000
 SIGNATURE = b"vmkitvmkitvm"  # CPUID 0x40000000, as KVM's "KVMKVMKVM" or Xen's "XenVMMXenVMM"
 TIMER_MODES = ("vt", "single-hypervisor", "single-guest")
+# exit qualification's GPR numbering (SDM Vol. 3C, Table 27-3)
+GPR_ENCODING = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+# MSRs the hypervisor answers: the local APIC at its reset address, enabled, boot CPU
+EMULATED_MSRS = {0x1B: 0xFEE0_0900}
 IO_MODES = ("unconditional", "bitmap", "none")
 IO_BITMAPS = 0x20000  # host-physical address of the first VM's I/O bitmap A
 
@@ -63,14 +69,16 @@ class HypervisorConfig:
     exit_cost: int = 1_000
     timers: str = "vt"
     hlt_exiting: bool = True
+    cr3_load_exiting: bool = False  # off, as KVM with EPT; shadow paging needs it (chapter 2)
     io_exiting: str = "unconditional"       # or "bitmap" (exit on io_bitmap_ports only), or "none"
     io_bitmap_ports: frozenset[int] = frozenset({0x3F8})
 
     def __post_init__(self):
         expect_int(self.preemption_timer, "preemption_timer (instructions)", minimum=1)
         expect_int(self.exit_cost, "exit_cost (instructions)")
-        if not isinstance(self.hlt_exiting, bool):
-            raise VmkitError(f"hlt_exiting is True or False, not {self.hlt_exiting!r}")
+        for flag in ("hlt_exiting", "cr3_load_exiting"):
+            if not isinstance(getattr(self, flag), bool):
+                raise VmkitError(f"{flag} is True or False, not {getattr(self, flag)!r}")
         if self.timers not in TIMER_MODES:
             raise VmkitError(f"timers must be one of {TIMER_MODES}, not {self.timers!r}")
         if self.io_exiting not in IO_MODES:
@@ -109,6 +117,7 @@ class VM:
     window: bool = False      # interrupt-window exiting requested
     activity: str = "active"  # guest activity state: "hlt" after a HLT that did not exit
     io_bitmap: bytes = bytes(8192)
+    msrs: dict[int, int] = field(default_factory=dict)  # MSR values the guest wrote
     exits: Counter = field(default_factory=Counter)
 
     @property
@@ -161,6 +170,8 @@ class Hypervisor:
                "single-hypervisor": PinBasedControls.EXTERNAL_INTERRUPT_EXITING,
                "single-guest": PinBasedControls(0)}[config.timers]
         proc = ProcBasedControls.HLT_EXITING if config.hlt_exiting else ProcBasedControls(0)
+        if config.cr3_load_exiting:
+            proc |= ProcBasedControls.CR3_LOAD_EXITING
         if config.io_exiting == "unconditional":
             proc |= ProcBasedControls.UNCONDITIONAL_IO_EXITING
         elif config.io_exiting == "bitmap":
@@ -323,6 +334,11 @@ class Hypervisor:
         guest = vm.guest
         started = self.now
         pin, proc = self._controls()
+        # what non-root operation traps, read from the controls (CR3_TARGET_COUNT is 0;
+        # without MSR bitmaps every RDMSR/WRMSR exits, SDM Vol. 3C §25.1.3)
+        guest.vcpu.trapping = {kind for kind, on in (
+            (StopKind.CR_ACCESS, proc & ProcBasedControls.CR3_LOAD_EXITING),
+            (StopKind.MSR, not proc & ProcBasedControls.USE_MSR_BITMAPS)) if on}
         self._inject(vm)
         if vm.state != "runnable":
             return ExitReason.TRIPLE_FAULT, 0
@@ -383,6 +399,10 @@ class Hypervisor:
             return None
         if kind is StopKind.CPUID:
             return ExitReason.CPUID  # CPUID always exits
+        if kind is StopKind.CR_ACCESS:
+            return ExitReason.CR_ACCESS
+        if kind is StopKind.MSR:
+            return ExitReason.MSR_READ if stop.direction == "in" else ExitReason.MSR_WRITE
         if kind is StopKind.RDTSC:
             if proc & ProcBasedControls.RDTSC_EXITING:
                 return ExitReason.RDTSC
@@ -413,6 +433,9 @@ class Hypervisor:
             qualification = IOQualification(
                 size=stop.size, direction=stop.direction, string=False, rep=False,
                 immediate=stop.length == 2, port=stop.port).encode()
+        elif reason is ExitReason.CR_ACCESS:
+            qualification = CRAccessQualification(
+                cr=3, access_type=CRAccessType.MOV_TO_CR, register=stop.register).encode()
         vcpu = vm.guest.vcpu
         # the processor itself saves the guest state and the exit information
         self.vmx.vm_exit(reason, qualification, vm_exit_instruction_len=stop.length if stop else 0,
@@ -485,6 +508,34 @@ class Hypervisor:
             return "hlt with IF = 0: the VM is powered off"
         vm.state = "waiting"
         return "the guest is idle: the CPU goes to another VM"
+
+    def handle_cr_access(self, vm: VM, stop: Stop) -> str:
+        q = CRAccessQualification.decode(self.vmx.vmread(VMCSField.EXIT_QUALIFICATION))
+        vcpu = vm.guest.vcpu
+        value = vcpu.reg(GPR_ENCODING[q.register])
+        vcpu.set_reg(f"cr{q.cr}", value)
+        self._skip(vm, stop)
+        return f"MOV to CR{q.cr} <- {value:#x}: the guest switches address space"
+
+    def handle_msr_read(self, vm: VM, stop: Stop) -> str:
+        vcpu = vm.guest.vcpu
+        msr = vcpu.reg("rcx") & 0xFFFFFFFF
+        value = vm.msrs.get(msr, EMULATED_MSRS.get(msr))
+        if value is None:  # as KVM does for an MSR it does not emulate
+            self.vmx.vmwrite(VMCSField.VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo(
+                int(Vector.GP), InterruptionType.HARDWARE_EXCEPTION, deliver_error_code=True).encode())
+            return f"RDMSR {msr:#x}: not emulated, inject #GP"
+        vcpu.set_reg("rax", value & 0xFFFFFFFF)
+        vcpu.set_reg("rdx", value >> 32)
+        self._skip(vm, stop)
+        return f"RDMSR {msr:#x} = {value:#x}"
+
+    def handle_msr_write(self, vm: VM, stop: Stop) -> str:
+        vcpu = vm.guest.vcpu
+        msr = vcpu.reg("rcx") & 0xFFFFFFFF
+        vm.msrs[msr] = (vcpu.reg("rdx") & 0xFFFFFFFF) << 32 | vcpu.reg("rax") & 0xFFFFFFFF
+        self._skip(vm, stop)
+        return f"WRMSR {msr:#x} <- {vm.msrs[msr]:#x}"
 
     def handle_rdtsc(self, vm: VM, stop: Stop) -> str:
         tsc = self.now + self.vmx.vmread(VMCSField.TSC_OFFSET)

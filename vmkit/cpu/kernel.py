@@ -45,7 +45,9 @@ KERNEL_BASE = 0x10000
 PROGRAM_BASE, PROGRAM_SPAN = 0x20000, 0x10000
 
 # Process control block: state, pid, 15 saved registers, the iretq frame.
-PCB_STATE, PCB_PID, PCB_RAX, PCB_RIP, PCB_STATUS, PCB_WAKE = 0x00, 0x08, 0x10, 0x88, 0xB0, 0xB8
+PCB_STATE, PCB_PID, PCB_RAX, PCB_RIP, PCB_STATUS, PCB_WAKE, PCB_CR3 = 0x00, 0x08, 0x10, 0x88, 0xB0, 0xB8, 0xC0
+PAGE_TABLE_OFFSET = 0x8000  # where a program's page tables would start in its region (chapter 2)
+IA32_APIC_BASE, IA32_KERNEL_GS_BASE = 0x1B, 0xC0000102
 SAVED = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 FRAME = ("rip", "cs", "rflags", "rsp", "ss")
@@ -148,6 +150,19 @@ kernel_entry:                   ; ring 0, on the kernel stack
     lidt [idtr_desc]             ; load the IDT the loader filled
     mov ax, {TSS_SELECTOR:#x}
     ltr ax                      ; and the TSS (RSP0 for ring 3 -> 0)
+    mov ecx, {IA32_APIC_BASE:#x}
+    jmp read_apic_base          ; privileged instructions a hypervisor may trap each
+read_apic_base:                 ; start their own translation block (see guest.py)
+    rdmsr                       ; where is the local APIC? as Linux asks at boot
+    jmp apic_base_read
+apic_base_read:
+    mov dword ptr [apic_base], eax
+    mov ecx, {IA32_KERNEL_GS_BASE:#x}
+    lea rax, [current]          ; per-CPU data for swapgs, as Linux sets it
+    xor edx, edx
+    jmp write_gs_base
+write_gs_base:
+    wrmsr
     mov al, 0x34                ; PIT channel 0, lobyte/hibyte, mode 2
     out {PIT_CMD:#x}, al
     mov rax, qword ptr [period]
@@ -202,7 +217,15 @@ sched_check:
     jnz sched_next
     jmp idle
 sched_found:
+    cmp rax, qword ptr [current]
     mov qword ptr [current], rax
+    je resume_user
+    shl rax, 8                  ; another process: switch to its address space
+    add rax, {PROCS:#x}
+    mov rbx, qword ptr [rax+{PCB_CR3:#x}]
+    jmp load_cr3
+load_cr3:
+    mov cr3, rbx                ; paging is off in this chapter: CR3 is only a value
 resume_user:                    ; rebuild the iretq frame from the PCB
 {_pcb()}{frame}
 {restore}
@@ -328,6 +351,7 @@ nprocs: .quad 0
 ticks: .quad 0
 period: .quad 0                 ; PIT reload value
 error_code: .quad 0
+apic_base: .quad 0
 idtr_desc: .word 0              ; lidt operand: limit, then base
     .quad 0
 bad_idtr: .word 0
@@ -335,7 +359,7 @@ bad_idtr: .word 0
 """
 
 
-_SYMBOLS = ("current", "nprocs", "ticks", "period", "idtr_desc", "bad_idtr", "kernel_entry", "timer_handler", "syscall_handler", "iret_to_user", "double_fault",
+_SYMBOLS = ("current", "nprocs", "ticks", "period", "idtr_desc", "bad_idtr", "kernel_entry", "timer_handler", "syscall_handler", "iret_to_user", "load_cr3", "read_apic_base", "write_gs_base", "double_fault",
             "idle", "schedule") + tuple(f"fault_{int(v)}" for v in FAULTS)
 
 
@@ -396,6 +420,7 @@ def build(kernel: GuestKernel) -> BootImage:
         pcb = dict.fromkeys(SAVED, 0) | {"rip": base, "cs": USER_CS, "rflags": 0x202,
                                          "rsp": base + PROGRAM_SPAN - 16, "ss": USER_DS}
         struct.pack_into("<QQ", pcbs, i * PCB_SIZE, RUNNABLE, i + 1)
+        struct.pack_into("<Q", pcbs, i * PCB_SIZE + PCB_CR3, base + PAGE_TABLE_OFFSET)
         struct.pack_into(f"<{len(SAVED) + len(FRAME)}Q", pcbs, i * PCB_SIZE + PCB_RAX,
                          *(pcb[r] for r in SAVED + FRAME))
     regions.append((PROCS, bytes(pcbs)))

@@ -58,6 +58,8 @@ class StopKind(Enum):
     RDTSC = "rdtsc"            # the time-stamp counter: answered from simulated time
     HLT = "hlt"
     INVALID = "invalid"        # an opcode unicorn refuses (VMX instructions among them)
+    CR_ACCESS = "cr access"    # a watched MOV to CR3 (see VCPU.watch)
+    MSR = "msr"                # a watched RDMSR (direction "in") or WRMSR ("out")
     MEMORY = "memory"          # an access outside the machine's memory
 
 
@@ -79,6 +81,7 @@ class Stop:
     address: int | None = None
     access: str | None = None
     mnemonic: str = ""
+    register: int | None = None  # the GPR operand (0 RAX ... 15 R15), for MOV CR
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,8 @@ class VCPU:
         # interrupt delivery enters ring 0 (see deliver()).
         self._ring0 = self.uc.context_save()
         self._ring0_system: list | None = None
+        self.trapping: set[StopKind] = set()  # watched instructions that stop a slice now
+        self._undo: list[tuple[str, int]] = []
         self._regid = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in GPRS + ("rip", "rflags", "cs", "ss", "ds", "es", "cr0", "cr2", "cr3", "cr4")}
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
@@ -281,6 +286,9 @@ class VCPU:
                 raise
         if self._stop is not None:
             stop = self._stop
+            for name, value in self._undo:  # a watched instruction ran with its block: undo it
+                self.set_reg(name, value)
+            self._undo = []
             self.set_reg("rip", stop.rip)
             return stop
         retired = self._count()
@@ -348,6 +356,29 @@ class VCPU:
         self._record(Stop(StopKind.CPUID, self._count() - 1, self.rip, self.cpl,
                           length=2, mnemonic="cpuid"))
         return 1  # skip: the handler writes RAX..RDX
+
+    def watch(self, address: int, kind: StopKind, mnemonic: str, *, register: int | None = None,
+              direction: str | None = None) -> None:
+        """Stop before the instruction at ``address`` whenever ``self.trapping`` holds ``kind``.
+
+        unicorn cannot hook MOV to CR3, RDMSR or WRMSR (its Python binding, for
+        the MSRs), so the guest kernel's own ones are watched: each starts a
+        translation block, a block hook sees it, and since the block runs to
+        its end before unicorn stops, run() undoes the instruction (it ends its
+        block) and reports the stop at its address, as a VM exit would be.
+        """
+        from unicorn import UC_HOOK_BLOCK
+
+        insn = self.disassemble_at(address, 1)[0]
+
+        def before(uc, _address, _size, _data):
+            if kind not in self.trapping or self._stop is not None:
+                return
+            self._undo = [(name, self.reg(name)) for name in ("rip", "rax", "rdx", "cr3")]
+            self._record(Stop(kind, self._count(), address, self.cpl, length=insn.size,
+                              mnemonic=mnemonic, register=register, direction=direction))
+
+        self.uc.hook_add(UC_HOOK_BLOCK, before, None, address, address)
 
     def _hook_rdtsc(self) -> None:
         # unicorn's RDTSC returns the host's clock. The C API can hook it, its
