@@ -4,8 +4,9 @@ Each VM is a guest kernel (``kernel.py``) on its own VCPU with a VMCS. The
 hypervisor enters it with VMLAUNCH/VMRESUME (``vmx.py``) and gets the CPU back
 on a VM exit. Which instructions exit follows the VMCS controls it writes
 (pin-based: external-interrupt exiting, activate VMX-preemption timer;
-processor-based: HLT exiting, unconditional I/O exiting); CPUID, VMCALL and
-the VMX instructions always exit (SDM Vol. 3C §25.1.2). Exits are dispatched
+processor-based: HLT exiting, CR3-load exiting, unconditional I/O exiting,
+I/O bitmaps); CPUID, VMCALL and the VMX instructions always exit, and so do
+RDMSR/WRMSR without MSR bitmaps (SDM Vol. 3C §25.1). Exits are dispatched
 to ``handle_<exit reason>`` methods, looked up by name.
 
 The two timers of the slides: the VMX-preemption timer is the hypervisor's

@@ -9,8 +9,8 @@ push SS, RSP, RFLAGS, CS, RIP (and the error code), clear IF for an interrupt
 gate; a fault during delivery escalates to a double fault, and a fault while
 delivering that to a triple fault (Table 6-5).
 
-unicorn 2.1's Python binding cannot hook RDMSR/WRMSR, so at ring 0 they run
-on unicorn's own MSR model and never stop a slice (no MSR exits, 31/32).
+unicorn cannot hook MOV to CR3, nor (from Python) RDMSR/WRMSR: ``watch``
+stops before the guest kernel's own ones, which is where ring-0 code runs them.
 
 Time is counted in instructions: unicorn's own counter for ``emu_start``'s
 ``count`` (``uc_struct.emu_counter``) is read to know how many instructions a
