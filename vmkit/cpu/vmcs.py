@@ -329,11 +329,16 @@ class VMCS:
     def write(self, encoding: VMCSField | int, value: int) -> None:
         """Store a field as the processor does, ignoring bits beyond its width; no checks."""
         name = _field(encoding)
-        width = field_width(name)
-        self.fields[name] = value & (_U64 if width == "natural" else (1 << int(width)) - 1)
+        self.fields[name] = value & _MASKS[name >> 13 & 3]
+
+
+# field width, from bits 14:13 of the encoding: 16-bit, 64-bit, 32-bit, natural (64 here)
+_MASKS = (0xFFFF, _U64, 0xFFFF_FFFF, _U64)
 
 
 def _field(encoding: VMCSField | int) -> VMCSField:
+    if type(encoding) is VMCSField:  # the common case, and enum lookups are slow
+        return encoding
     try:
         return VMCSField(encoding)
     except ValueError:
