@@ -40,6 +40,10 @@ class PIT:
     def period(self) -> int | None:
         return self.reload
 
+    def next_after(self, tick: int, now: int) -> int:
+        """The first tick after ``now``, given one due at ``tick`` (missed ticks coalesce into one IRQ)."""
+        return tick + ((now - tick) // self.reload + 1) * self.reload
+
 
 @dataclass
 class Devices:

@@ -265,9 +265,7 @@ class Hypervisor:
     def _timer_ticks(self) -> None:
         for vm in self.vms:
             if vm.next_tick is not None and self.now >= vm.next_tick:
-                period = vm.guest.devices.pit.period
-                while vm.next_tick <= self.now:
-                    vm.next_tick += period
+                vm.next_tick = vm.guest.devices.pit.next_after(vm.next_tick, self.now)
                 vm.pending_irq = True
                 if vm.state == "waiting":
                     vm.state = "runnable"

@@ -115,8 +115,7 @@ class Machine:
         """The PIT raises IRQ 0 when due; the CPU takes it when IF = 1."""
         if self._next_tick is not None and self.now >= self._next_tick:
             self._pending_irq = True
-            while self._next_tick <= self.now:
-                self._next_tick += self.guest.devices.pit.period
+            self._next_tick = self.guest.devices.pit.next_after(self._next_tick, self.now)
         if self._pending_irq and self.state == "running" and self.guest.interrupts_enabled:
             self._pending_irq = False
             self._waiting = False
