@@ -73,7 +73,14 @@ def test_wrong_type_answer_says_which_type():
     """A string where an integer is expected is refused with the expected type, in French."""
     feedback = Sum(seed=3).check("12")
 
-    assert not feedback.correct and "nombre entier" in feedback.message
+    assert feedback.correct is None and "sans guillemets" in feedback.message
+
+
+def test_float_answer_asks_for_an_integer():
+    """12.0 is refused as not an integer, without judging it wrong."""
+    feedback = Sum(seed=3).check(12.0)
+
+    assert feedback.correct is None and "sans partie décimale" in feedback.message
 
 
 def test_bool_is_not_an_integer_answer():

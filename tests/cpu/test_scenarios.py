@@ -186,5 +186,5 @@ def test_exercise_rejects_a_non_integer_in_french():
     """check('12') says the answer is an integer, in French."""
     feedback = IOExitExercise(0).check("12")
 
-    assert not feedback.correct
-    assert "nombre entier" in feedback.message
+    assert feedback.correct is None
+    assert "sans guillemets" in feedback.message

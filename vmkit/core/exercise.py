@@ -70,9 +70,16 @@ class Exercise:
 
     def _type_problem(self, answer: Any) -> str | None:
         if self.answer_type is bool and not isinstance(answer, bool):
-            return f"Répondez True ou False, pas {answer!r}."
+            if isinstance(answer, str):
+                return "votre réponse est une chaîne de caractères : écrivez True ou False, sans guillemets."
+            return f"répondez True ou False, pas {answer!r}."
         if self.answer_type is int and (not isinstance(answer, int) or isinstance(answer, bool)):
-            return f"Répondez par un nombre entier (par exemple 12 ou 0x3F8), pas {answer!r}."
+            if isinstance(answer, str):
+                return ("votre réponse est une chaîne de caractères : écrivez le nombre sans guillemets "
+                        "(17 ou 0x3F8).")
+            if isinstance(answer, float):
+                return f"la réponse est un nombre entier, sans partie décimale, pas {answer!r}."
+            return f"répondez par un nombre entier (par exemple 12 ou 0x3F8), pas {answer!r}."
         return None
 
     def check(self, answer: Any) -> Feedback:
@@ -80,8 +87,8 @@ class Exercise:
         if answer is None:
             return Feedback(None, "remplacez None par votre réponse, puis relancez cette cellule.", self.hint)
         problem = self._type_problem(answer)
-        if problem:
-            return Feedback(False, problem, self.hint)
+        if problem:  # not yet an answer to judge
+            return Feedback(None, problem, self.hint)
         if answer == self.solution():
             return Feedback(True, self._congrats())
         return Feedback(False, self._explain(answer), self.hint)

@@ -221,7 +221,14 @@ class IOQualificationExercise(Exercise):
         wrong = [name for name, low, mask in _IO_FIELDS if (expected ^ answer) >> low & mask]
         if answer >> 64:
             wrong.append("au-delà du bit 63 (une qualification tient en 64 bits)")
-        return f"{answer:#010x} est faux sur : " + " ; ".join(wrong) + "."
+        return f"{answer:#010x} : " + ("champ erroné : " if len(wrong) == 1 else "champs erronés : ") \
+            + " ; ".join(wrong) + "."
+
+    def _congrats(self) -> str:
+        q = self.qualification
+        return (f"taille {q.size} → {q.size - 1}, {q.direction.upper()} → bit 3 = {int(q.direction == 'in')}, "
+                f"port {'immédiat' if q.immediate else 'dans DX'} → bit 6 = {int(q.immediate)}, "
+                f"port {q.port:#x} → bits 31:16.")
 
 
 class PrivilegeExercise(Exercise):
@@ -289,8 +296,8 @@ class TimerExercise(Exercise):
     ``period``) is what the student is expected to find.
     """
 
-    hint = ("le noyau programme le PIT au tout début (événement « PIT period »), "
-            "puis le timer sonne une fois par période.")
+    hint = ("le premier tic ne tombe pas à l'instant où le PIT est programmé mais une période plus "
+            "tard ; comptez les tics qui tiennent avant la limite.")
 
     def _generate(self, rng) -> None:
         self.period = rng.choice((300, 400, 500, 600, 800, 1_000))

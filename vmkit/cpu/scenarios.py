@@ -46,7 +46,7 @@ class IOExitExercise(Exercise):
 
     def prompt(self) -> str:
         return (f"Dans une VM, le programme hello écrit « {self.text} » (puis un saut de ligne) "
-                f"avec write(2), puis se termine ; le noyau écrit alors 'kernel: all done, halt' "
+                f"avec l'appel système write, puis se termine ; le noyau écrit alors 'kernel: all done, halt' "
                 f"et un saut de ligne. Combien de sorties IO_INSTRUCTION portent sur le port 0x3F8 ?")
 
     def solution(self) -> int:
