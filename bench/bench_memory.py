@@ -16,7 +16,7 @@ from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn.x86_const import UC_X86_REG_RSP
 
 from vmkit.cpu.asm import assemble
-from vmkit.memory.mmu import MMU, MMUConfig
+from vmkit.memory.mmu import MMU
 from vmkit.memory.nested import nested_setup, walk_2d
 from vmkit.memory.paged import CODE, DATA, PagedProgram
 from vmkit.memory.paging import AddressSpace, walk
