@@ -118,3 +118,20 @@ def test_guest_memory_refuses_bad_sizes():
         GuestPhysicalMemory(host, ept, 5000)
     with pytest.raises(VmkitError):
         GuestPhysicalMemory(host, ept, 1 << 22, ept_page_size=1 << 30)
+
+
+def test_grid_names_the_guest_row_that_an_ept_fault_stopped():
+    """When the EPT walk of the guest's PT entry faults, that row is still labelled PT, not data."""
+    _, ept, guest, space, _ = _mapped()
+    ept.unmap(space.entries(GVA)[-1].table)
+
+    grid = walk_2d(guest, space.cr3, GVA, READ).grid()
+
+    assert [row[-1] for row in grid] == ["PML4", "PDPT", "PD", "PT"]
+
+
+def test_reprs_show_no_memory_addresses():
+    """Guest memory and address spaces print their state, not an object address."""
+    _, _, guest, space, _ = _mapped()
+
+    assert "0x7f" not in repr(guest) and repr(space).startswith("AddressSpace(cr3=")

@@ -98,6 +98,9 @@ class GuestPhysicalMemory:
                 self.ept.map(gpfn * FRAME, hpa)
                 self._backing[gpfn] = hpa
 
+    def __repr__(self) -> str:
+        return f"GuestPhysicalMemory(size={self.size:#x}, backed frames={len(self._backing)})"
+
     def free_frame(self, gpfn: int) -> None:
         if gpfn in self._free or gpfn >= self._next:
             raise VmkitError(f"guest frame {gpfn} is not allocated")
@@ -144,7 +147,8 @@ class Step:
 
     gpa: GPA
     ept: EPTWalk
-    guest: Reference | None  # None for the final data access's row
+    guest: Reference | None  # None for the data row, or when the EPT walk of this row failed
+    row: str = "donnée"      # the guest level this row translates ("PML4", ...) or "donnée"
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,7 @@ class Walk2D:
         rows = []
         for step in self.steps:
             cells = [r.name for r in step.ept.references]
-            cells.append(step.guest.name if step.guest else "donnée")
+            cells.append(step.row)
             rows.append(cells)
         return rows
 
@@ -205,7 +209,9 @@ def walk_2d(guest: GuestPhysicalMemory, cr3: GPA, gva: int, access: Access = REA
         guest_refs = _guest_references(guest, cr3, gva, levels, done)
     else:
         guest_refs = list(references)
-    steps = [Step(gpa, ept, guest_refs[i] if i < len(guest_refs) else None)
+    from vmkit.memory.paging import LEVEL_NAMES
+
+    steps = [Step(gpa, ept, guest_refs[i] if i < len(guest_refs) else None, LEVEL_NAMES[levels - i])
              for i, (gpa, ept) in enumerate(recorded)]
     if fault is not None:
         return Walk2D(gva, access, tuple(steps), fault)

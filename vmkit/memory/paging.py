@@ -351,6 +351,9 @@ class Mapping(NamedTuple):
 class AddressSpace:
     """The operating system's side: builds the page tables a ``walk`` reads, from ``cr3`` down."""
 
+    def __repr__(self) -> str:
+        return f"AddressSpace(cr3={self.cr3:#x}, levels={self.levels}, mappings={len(self.mappings())})"
+
     def __init__(self, memory: PhysicalMemory, levels: int = 4):
         self.memory = memory
         self.levels = _check_levels(levels)
