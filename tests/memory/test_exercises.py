@@ -2,7 +2,7 @@
 
 import pytest
 
-from vmkit.memory.exercises import PageFaultExercise, ReferencesExercise
+from vmkit.memory.exercises import NativeReferencesExercise, PageFaultExercise, ReferencesExercise
 
 SEEDS = range(25)
 
@@ -42,3 +42,9 @@ def test_same_seed_same_prompt():
     """Exercises are seeded."""
     assert ReferencesExercise(3).prompt() == ReferencesExercise(3).prompt()
     assert PageFaultExercise(3).prompt() == PageFaultExercise(3).prompt()
+
+
+def test_native_references_exercise_stays_on_bare_metal():
+    """The first notebook's variant never asks about an EPT."""
+    assert all(NativeReferencesExercise(s).ept_levels is None for s in range(20))
+    assert "machine nue" in NativeReferencesExercise(0).prompt()

@@ -65,6 +65,18 @@ class ReferencesExercise(Exercise):
         return "(n + 1) × (m + 1) - 1, avec n et m les niveaux réellement parcourus de chaque côté."
 
 
+class NativeReferencesExercise(ReferencesExercise):
+    """The same question on bare metal only (no EPT), for the first notebook."""
+
+    hint = "une entrée lue par niveau de table parcouru ; une grande page arrête la marche plus tôt."
+
+    def _generate(self, rng: random.Random) -> None:
+        self.guest_levels = rng.choice((4, 5))
+        self.ept_levels = None
+        self.guest_page = rng.choice((4096, LARGE))
+        self.ept_page = None
+
+
 # (name, access, how the mapping is made) for the page-fault exercise
 _SCENARIOS = {
     "absent": "aucune page n'est installée à cette adresse",

@@ -23,13 +23,18 @@ def _flags(entry: int) -> str:
     return " ".join(names) or "0"
 
 
+def _french(access) -> str:
+    kind = "écriture" if access.write else "exécution" if access.fetch else "lecture"
+    return f"{kind} {'utilisateur' if access.user else 'noyau'}"
+
+
 def draw_walk(walk: Walk, ax=None):
     """One box per level: table address, index, entry and its flags; the outcome last."""
     import matplotlib.pyplot as plt
 
     refs = list(walk.references)
     if ax is None:
-        _, ax = plt.subplots(figsize=(2.2 * (len(refs) + 1), 2.4))
+        _, ax = plt.subplots(figsize=(2.2 * (len(refs) + 1), 1.8))
     for i, ref in enumerate(refs):
         text = (f"{ref.name}\ntable {ref.table:#x}\nindex {ref.index}\n"
                 f"entrée {ref.entry & 0x000F_FFFF_FFFF_F000:#x}\n{_flags(ref.entry)}")
@@ -41,9 +46,9 @@ def draw_walk(walk: Walk, ax=None):
     ax.text(len(refs), 0, outcome, ha="center", va="center", fontsize=8, wrap=True,
             bbox=dict(boxstyle="round", fc=_OK if walk.ok else _FAULT, ec="#888"))
     ax.set_xlim(-0.6, len(refs) + 0.8)
-    ax.set_ylim(-1, 1)
+    ax.set_ylim(-0.6, 0.6)
     ax.axis("off")
-    ax.set_title(f"{walk.gva:#x} : {walk.memory_references} références mémoire ({walk.access})")
+    ax.set_title(f"{walk.gva:#x} : {walk.memory_references} références mémoire ({_french(walk.access)})")
     return ax
 
 
