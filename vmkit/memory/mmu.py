@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from vmkit.core import VmkitError, expect_int
 from vmkit.memory.nested import Walk2D
-from vmkit.memory.paging import READ, Access, Walk
+from vmkit.memory.paging import READ, Access, AddressSpace, Walk, walk
+from vmkit.memory.physical import PhysicalMemory
 from vmkit.memory.tlb import NestedTLB, PageWalkCache, TLB, TLBEntry
 
 FRAME = 4096
@@ -163,3 +164,45 @@ def random_accesses(seed: int, base: int, pages: int, count: int, page_size: int
     expect_int(count, "count")
     rng = random.Random(seed)
     return [base + rng.randrange(pages * page_size) for _ in range(count)]
+
+
+BASE = 0x4000_0000          # first gva of the working set (aligned to 2 MiB and 1 GiB)
+SMALL, LARGE = 4096, 2 << 20
+_MEMORY = 1 << 24           # 16 MiB: page tables at the bottom, data frames above them
+_LARGE_DATA = 1 << 23       # 2 MiB data pages start at 8 MiB, clear of the tables
+
+
+def simulate_tlb(pages: int, page_size_kib: int = 4, tlb_entries: int = 64, *, tlb_ways: int = 4,
+                 seed: int = 0, accesses: int = 1000) -> tuple[float, float]:
+    """TLB hit rate and references per access for random reads over ``pages`` x 4 KiB.
+
+    The working set is always ``pages * 4 KiB`` at ``BASE``, read at the same
+    seeded addresses; ``page_size_kib`` (4 or 2048) only changes how the OS maps
+    it: 4 KiB pages, or as many 2 MiB pages as cover it.
+    """
+    if page_size_kib not in (4, 2048):
+        raise VmkitError(f"page_size_kib must be 4 or 2048, not {page_size_kib!r}")
+    size = page_size_kib * 1024
+    memory = PhysicalMemory(_MEMORY)
+    space = AddressSpace(memory)
+    for i in range(-(-pages * SMALL // size)):
+        data = memory.alloc_frame() * SMALL if size == SMALL else _LARGE_DATA + i * LARGE
+        space.map(BASE + i * size, data, size=size)
+    mmu = MMU(lambda gva, access: walk(memory, space.cr3, gva, access),
+              MMUConfig(tlb_entries=tlb_entries, tlb_ways=tlb_ways))
+    stats = mmu.run(random_accesses(seed, BASE, pages, accesses))
+    return stats.tlb_hit_rate, stats.references_per_access
+
+
+def sweep_tlb(simulate: Callable[[int, int, int], tuple[float, float]], working_sets: Iterable[int],
+              tlb_sizes: Iterable[int], page_sizes_kib: Iterable[int] = (4,)) -> list[dict]:
+    """One record per (page size, TLB size, working set): what ``simulate`` returned, named."""
+    rows = []
+    for page_size_kib in page_sizes_kib:
+        for tlb_entries in tlb_sizes:
+            for pages in working_sets:
+                hit_rate, references = simulate(pages, page_size_kib, tlb_entries)
+                rows.append({"pages": pages, "page_size_kib": page_size_kib,
+                             "tlb_entries": tlb_entries, "hit_rate": hit_rate,
+                             "references_per_access": references})
+    return rows

@@ -13,9 +13,13 @@ shapes of function live here:
 
 from vmkit.viz.cpu import draw_shares, draw_timeline, explore_timers
 from vmkit.viz.memory import draw_grid, draw_walk, explore_grid, explore_walk
+from vmkit.viz.memory_perf import draw_comparison, draw_hit_rates, explore_tlb
 from vmkit.viz.vmx import VMXExplorer, draw_vmx_states, explore_vmx, vmx_history_table
 
 __all__ = [
+    "draw_comparison",
+    "draw_hit_rates",
+    "explore_tlb",
     "draw_grid",
     "draw_walk",
     "explore_grid",
