@@ -28,7 +28,7 @@ class Feedback:
 
     def __str__(self) -> str:
         if self.correct:
-            return f"Juste ! {self.message}".rstrip()
+            return f"Juste ! {self.message[:1].upper()}{self.message[1:]}".rstrip()
         opening = "À vous :" if self.correct is None else "Pas tout à fait."
         text = f"{opening} {self.message}".rstrip()
         if self.hint:

@@ -17,6 +17,7 @@ from vmkit.memory.physical import PhysicalMemory
 
 GVA = 0x0000_7F12_3456_7ABC
 LARGE = 2 << 20
+NATIVE_HINT = "une entrée lue par niveau de table parcouru ; une grande page arrête la marche plus tôt."
 
 
 class ReferencesExercise(Exercise):
@@ -30,6 +31,8 @@ class ReferencesExercise(Exercise):
         self.ept_levels = rng.choice((None, 4, 5))
         self.guest_page = rng.choice((4096, LARGE))
         self.ept_page = rng.choice((4096, LARGE)) if self.ept_levels else None
+        if self.ept_levels is None:
+            self.hint = NATIVE_HINT
 
     def prompt(self) -> str:
         page = "4 Kio" if self.guest_page == 4096 else "2 Mio"
@@ -68,7 +71,7 @@ class ReferencesExercise(Exercise):
 class NativeReferencesExercise(ReferencesExercise):
     """The same question on bare metal only (no EPT), for the first notebook."""
 
-    hint = "une entrée lue par niveau de table parcouru ; une grande page arrête la marche plus tôt."
+    hint = NATIVE_HINT
 
     def _generate(self, rng: random.Random) -> None:
         self.guest_levels = rng.choice((4, 5))
@@ -98,8 +101,13 @@ class PageFaultExercise(Exercise):
             "RSVD = 8, I/D = 16 pour une exécution (NX actif).")
 
     def _generate(self, rng: random.Random) -> None:
-        self.scenario = rng.choice(sorted(_SCENARIOS))
-        self.access_text = rng.choice(sorted(_ACCESSES))
+        # mostly accesses that fault (the point of the exercise), sometimes one that does not
+        want_fault = rng.random() < 0.8
+        while True:
+            self.scenario = rng.choice(sorted(_SCENARIOS))
+            self.access_text = rng.choice(sorted(_ACCESSES))
+            if (self.solution() != 0) == want_fault:
+                break
 
     def prompt(self) -> str:
         return (f"Sur une machine x86-64 (CR0.WP = 1, EFER.NXE = 1), {_SCENARIOS[self.scenario]}. "
@@ -121,11 +129,19 @@ class PageFaultExercise(Exercise):
         return result.error_code if isinstance(result, PageFault) else 0
 
     def _explain(self, answer: int) -> str:
+        if not 0 <= answer < 32:
+            return "seuls les bits 0 à 4 comptent ici : répondez par un nombre entre 0 et 31."
+        if answer == 0:
+            return "0 voudrait dire : pas de faute. Cet accès en fait-il une ?"
         bits = [name for name, bit in (("P", 1), ("W", 2), ("U", 4), ("RSVD", 8), ("I/D", 16))
                 if answer & bit]
-        return (f"{answer} voudrait dire {' + '.join(bits) or 'aucun bit'} : revoyez chaque bit "
-                "un par un.")
+        return f"{answer} voudrait dire {' + '.join(bits)} : revoyez chaque bit un par un."
 
     def _congrats(self) -> str:
         result = self.walk().result
-        return result.explain() + "." if isinstance(result, PageFault) else "Pas de faute."
+        if not isinstance(result, PageFault):
+            return "Pas de faute."
+        text = result.explain()
+        if result.error_code & 16:
+            text += " ; I/D = 1 car c'est une exécution et EFER.NXE = 1"
+        return text + "."
