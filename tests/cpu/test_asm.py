@@ -140,3 +140,21 @@ def test_non_ascii_string_assembles_as_utf8():
     code = assemble('.ascii "déjà"')
 
     assert code == "déjà".encode()
+
+
+def test_absolute_operand_keystone_would_misencode_is_refused_with_its_line():
+    """keystone 0.9.2 encodes `mov rbx, [0x10000000]` relative to the instruction: refused, line named."""
+    with pytest.raises(AssemblyError) as info:
+        assemble("nop\nmov rbx, qword ptr [0x10000000]", 0x400000)
+
+    assert info.value.line == 2 and "register" in info.value.reason
+
+
+def test_absolute_operands_keystone_encodes_right_are_accepted():
+    """The moffs form (rax) and correctly relocated RIP-relative forms assemble to the absolute target."""
+    from vmkit.cpu.asm import disassemble
+
+    code = assemble("add rbx, qword ptr [0x4008]", 0x400000)
+    insn = disassemble(code, 0x400000)[0]
+
+    assert insn.address + insn.size + int(insn.op_str.split("rip - ")[1].rstrip("]"), 0) * -1 == 0x4008

@@ -51,3 +51,36 @@ def test_empty_program_is_refused():
     """An empty program is a caller mistake."""
     with pytest.raises(VmkitError):
         PagedProgram("; nothing")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_read_then_a_write_sets_the_dirty_bit(nested):
+    """A page first read, then written, ends up with D set in the guest's leaf entry."""
+    # addresses through a register: keystone mis-encodes absolute [disp32] operands (ARCHITECTURE.md)
+    program = PagedProgram(f"mov rax, {DATA:#x}\nmov rbx, qword ptr [rax]\nmov qword ptr [rax], 5\nnop",
+                           nested=nested)
+
+    program.run()
+
+    from vmkit.memory.paging import PTE
+    assert program.space.entries(DATA)[-1].entry & PTE.D
+
+
+def test_read_data_crosses_a_page_boundary():
+    """An 8-byte value straddling two pages reads back whole."""
+    program = PagedProgram(f"mov rax, 0x8877665544332211\nmov rbx, {DATA + 0xFFC:#x}\n"
+                           "mov qword ptr [rbx], rax\nnop", nested=True)
+
+    program.run()
+
+    assert program.read_data(0xFFC, 8) == (0x8877665544332211).to_bytes(8, "little")
+
+
+@pytest.mark.parametrize(("source", "field"), [
+    ("mov rax, 0x8000000000000000\nmov rbx, qword ptr [rax]\nnop", "general_protection"),
+    ("int3\nnop", "stopped"), ("ud2\nnop", "stopped")])
+def test_other_faults_are_recorded_not_raised(source, field):
+    """A non-canonical access, int3 or ud2 stops the program with a record, never a raw UcError."""
+    run = PagedProgram(source, nested=False).run()
+
+    assert getattr(run, field) is not None

@@ -138,7 +138,39 @@ def assemble(source: str, address: int = 0) -> bytes:
         encoding, _ = _keystone().asm(text, address)
     except KsError as exc:
         raise _locate(lines, address, exc) from None
+    for number, line in enumerate(lines, start=1):
+        if _ABSOLUTE.search(line):
+            _check_absolute(number, line)
     return bytes(encoding or b"")
+
+
+_ABSOLUTE = re.compile(r"\[\s*(0x[0-9a-fA-F]+|\d+)\s*\]")
+
+
+def _check_absolute(number: int, line: str) -> None:
+    """Refuse a ``[number]`` operand that keystone 0.9.2 encodes wrongly.
+
+    keystone encodes an absolute address as RIP-relative, and for some
+    instructions (``mov rbx, [0x1000]``) forgets to subtract the instruction's
+    address. A correct encoding reaches the same target wherever the line sits;
+    a wrong one moves with it, which is how the bug is told apart.
+    """
+    body = _LABEL.sub("", line).strip()
+    targets = set()
+    for base in (0x10000, 0x20000):
+        try:
+            insn = disassemble(bytes(_keystone().asm(body, base)[0]), base, 1)[0]
+        except Exception:
+            return  # not a single instruction: nothing to compare
+        match = re.search(r"\[rip ([+-]) (0x[0-9a-f]+|\d+)\]", insn.op_str)
+        if not match:
+            return  # encoded as a true absolute (moffs): fine
+        disp = int(match.group(2), 0) * (1 if match.group(1) == "+" else -1)
+        targets.add(base + insn.size + disp)
+    if len(targets) > 1:
+        raise AssemblyError(number, line, "keystone 0.9.2 mis-encodes this absolute address "
+                            "(as RIP-relative without subtracting the instruction's address); "
+                            "load the address into a register first, or use a label")
 
 
 def _locate(lines: list[str], address: int, exc: Exception) -> AssemblyError:

@@ -300,12 +300,14 @@ def ept_walk(memory: PhysicalMemory, eptp: EPTP | int, gpa: GPA, access: EPTAcce
     if not isinstance(access, EPTAccess):
         raise VmkitError(f"access must be an EPTAccess (EPTAccess.READ, ...), not {access!r}")
     width = 12 + 9 * eptp.walk_length
-    expect_int(gpa, "gpa", maximum=(1 << MAXPHYADDR) - 1)
-    if gpa >> width:
-        raise VmkitError(f"gpa {gpa:#x} is wider than a {eptp.walk_length}-level EPT "
-                         f"translates ({width} bits); use walk_length=5")
+    expect_int(gpa, "gpa")
     if eptp.accessed_dirty and not final and not access.write:
         access = EPTAccess(read=access.read, write=True, fetch=access.fetch)
+    if gpa >> min(width, MAXPHYADDR):
+        # beyond what the EPT translates: the processor reports an EPT violation (a guest's
+        # tables may hold any address; that is not the caller's mistake)
+        qualification = _qualification(access, False, False, False, gla_valid, final)
+        return EPTWalk(gpa, access, (), EPTViolation(gpa, qualification, gla_valid))
 
     references: list[EPTReference] = []
     r = w = x = True

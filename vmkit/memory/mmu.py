@@ -82,9 +82,10 @@ class MMU:
         expect_int(gva, "gva")
         self.stats.accesses += 1
         hit = self.tlb.lookup(self.vpid, gva)
-        if hit is not None:
+        if hit is not None and _allows(hit, access):
             self.stats.tlb_hits += 1
             return hit.pfn_base + gva % hit.page_size
+        # a miss, or rights the cached entry does not give: the processor walks again
         walk = self.walker(gva, access)
         self.stats.walks += 1
         self.stats.uncached_references += walk.memory_references
@@ -94,7 +95,9 @@ class MMU:
             return None
         pa, size = self._leaf(walk)
         base = pa - pa % size
-        self.tlb.insert(TLBEntry(self.vpid, gva // size, size, base, True, True, True, False))
+        rights = walk.result.guest if isinstance(walk, Walk2D) else walk.result
+        self.tlb.insert(TLBEntry(self.vpid, gva // size, size, base, rights.writable, rights.user,
+                                 rights.executable, False))
         return pa
 
     def run(self, accesses: Iterable[int]) -> MMUStats:
@@ -156,6 +159,12 @@ class MMU:
             cost += self._cost_ept(step.gpa, step.ept) + (step.guest is not None)
         self._remember_guest(walk.gva, [s.guest for s in walk.steps if s.guest is not None])
         return cost
+
+
+def _allows(entry: TLBEntry, access: Access) -> bool:
+    """A cached translation serves an access only within the rights the walk found."""
+    return ((not access.write or entry.writable) and (not access.user or entry.user)
+            and (not access.fetch or entry.executable))
 
 
 def random_accesses(seed: int, base: int, pages: int, count: int, page_size: int = FRAME) -> list[int]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from vmkit.core import VmkitError, expect_int
 from vmkit.memory.ept import EPTViolation
 from vmkit.memory.nested import nested_setup, walk_2d
-from vmkit.memory.paging import Access, AddressSpace, PageFault, walk
+from vmkit.memory.paging import PTE, Access, AddressSpace, GeneralProtection, PageFault, walk
 from vmkit.memory.physical import FRAME, PhysicalMemory
 
 CODE, STACK_TOP, DATA = 0x40_0000, 0x7FFF_F000_0000, 0x1000_0000
@@ -42,10 +42,11 @@ class Fill:
 
 @dataclass
 class PagedRun:
-    instructions: int = 0
     fills: list[Fill] = field(default_factory=list)
     ept_violations: int = 0
-    page_fault: PageFault | None = None
+    page_fault: PageFault | None = None       # the guest's #PF that stopped the program
+    general_protection: GeneralProtection | None = None  # a non-canonical address
+    stopped: str | None = None                # another exception (int3, ud2, ...), as unicorn said it
 
     @property
     def references(self) -> int:
@@ -60,6 +61,7 @@ class PagedProgram:
         from vmkit.cpu.asm import assemble
 
         expect_int(data_pages, "data_pages", minimum=0, maximum=4096)
+        expect_int(stack_pages, "stack_pages", minimum=1, maximum=256)
         code = assemble(source, CODE)
         if not code:
             raise VmkitError("the program is empty")
@@ -123,11 +125,17 @@ class PagedProgram:
         if not result.ok:
             if isinstance(result.result, PageFault):
                 self.run_record.page_fault = result.result
+            elif isinstance(result.result, GeneralProtection):
+                self.run_record.general_protection = result.result
             return False
         translation = result.result.guest if self.nested else result.result
         hpa = result.result.hpa if self.nested else result.result.pa
+        leaf = (result.steps[-2].guest if self.nested else result.references[-1]).entry
+        # grant writing only once the leaf is dirty, so that the first write comes back
+        # here and the walker sets D, as the processor does on a first write
+        writable = translation.writable and bool(leaf & PTE.D or kind.write)
         entry.paddr = hpa & ~(FRAME - 1)
-        entry.perms = (UC_PROT_READ | (UC_PROT_WRITE if translation.writable else 0)
+        entry.perms = (UC_PROT_READ | (UC_PROT_WRITE if writable else 0)
                        | (UC_PROT_EXEC if translation.executable else 0))
         return True
 
@@ -144,17 +152,25 @@ class PagedProgram:
             start = self._uc.reg_read(UC_X86_REG_RIP)
         try:
             self._uc.emu_start(start, self.end, count=instructions)
-        except UcError:
-            if self.run_record.page_fault is None:
-                raise
+        except UcError as error:
+            record = self.run_record
+            if record.page_fault is None and record.general_protection is None:
+                record.stopped = str(error)  # e.g. int3 or ud2: no kernel here to handle them
         return self.run_record
 
     def read_data(self, offset: int, length: int) -> bytes:
-        """Read the program's data region through its own translation (no counting)."""
-        result = (walk_2d(self.guest, self.space.cr3, DATA + offset, Access(), set_accessed_dirty=False)
-                  if self.nested else walk(self.host, self.space.cr3, DATA + offset, Access(),
-                                           set_accessed_dirty=False))
-        if not result.ok:
-            raise VmkitError(f"data offset {offset:#x} is not reachable: {result.result}")
-        hpa = result.result.hpa if self.nested else result.result.pa
-        return self.host.read(hpa, length)
+        """Read the program's data region through its own translation, page by page (no counting)."""
+        expect_int(offset, "offset")
+        expect_int(length, "length")
+        data = bytearray()
+        while len(data) < length:
+            gva = DATA + offset + len(data)
+            result = (walk_2d(self.guest, self.space.cr3, gva, Access(), set_accessed_dirty=False)
+                      if self.nested else walk(self.host, self.space.cr3, gva, Access(),
+                                               set_accessed_dirty=False))
+            if not result.ok:
+                raise VmkitError(f"data offset {gva - DATA:#x} is not reachable: {result.result}")
+            hpa = result.result.hpa if self.nested else result.result.pa
+            chunk = min(length - len(data), FRAME - gva % FRAME)
+            data += self.host.read(hpa, chunk)
+        return bytes(data)

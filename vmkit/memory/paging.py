@@ -233,6 +233,7 @@ def decompose(gva: GVA, levels: int = 4) -> Decomposition:
 def is_canonical(gva: GVA, levels: int = 4) -> bool:
     """True when bits 63:47 (63:56 with 5 levels) are all equal (SDM Vol. 1 §3.3.7.1)."""
     _check_gva(gva)
+    _check_levels(levels)
     top = gva >> (_shift(levels) + 8)   # bits 63:47, or 63:56
     return top in (0, (1 << (64 - _shift(levels) - 8)) - 1)
 
@@ -379,6 +380,8 @@ class AddressSpace:
     def entries(self, gva: GVA) -> list[Reference]:
         """The entries a walk of ``gva`` would read, down to a leaf or a non-present entry."""
         _check_gva(gva)
+        if not is_canonical(gva, self.levels):
+            raise VmkitError(f"{gva:#x} is not canonical: no page table maps it")
         table, path = self._root, []
         for level, index in zip(range(self.levels, 0, -1), decompose(gva, self.levels).indexes):
             entry = self._peek(table + 8 * index)

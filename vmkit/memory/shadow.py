@@ -131,7 +131,10 @@ class Guest:
 
     def hpa(self, gpa: GPA) -> HPA:
         """The VMM's gpa -> hpa map (its bookkeeping, not a memory reference)."""
-        leaf = self.ept.entries(gpa & ~(FRAME - 1))[-1]
+        path = self.ept.entries(gpa & ~(FRAME - 1))
+        if not path or not path[-1].entry & 0b111:  # R/W/X all clear: not present
+            raise VmkitError(f"gpa {gpa:#x} has no host backing: the VMM never allocated it")
+        leaf = path[-1]
         return (leaf.entry & ADDRESS_MASK) | (gpa & (FRAME - 1))
 
 
