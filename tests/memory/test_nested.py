@@ -135,3 +135,22 @@ def test_reprs_show_no_memory_addresses():
     _, _, guest, space, _ = _mapped()
 
     assert "0x7f" not in repr(guest) and repr(space).startswith("AddressSpace(cr3=")
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: walk_2d(None, 0, GVA), lambda: GuestPhysicalMemory(None, None),
+    lambda: references_per_miss(4.0, 4)])
+def test_caller_mistakes_raise_vmkit_errors(bad):
+    """Wrong objects or types are said plainly, never a raw TypeError or AttributeError."""
+    with pytest.raises(VmkitError):
+        bad()
+
+
+def test_a_guest_table_pointing_past_the_ept_is_an_ept_violation():
+    """A guest PTE holding a gpa wider than 48 bits is an EPT violation, not a crash."""
+    _, _, guest, space, _ = _mapped()
+    space.map(0x1000, 1 << 50)
+
+    walk = walk_2d(guest, space.cr3, 0x1000)
+
+    assert walk.result.exit_reason is ExitReason.EPT_VIOLATION

@@ -398,3 +398,15 @@ def test_walk_translates_every_mapped_page(pages, offset):
     results = [walk(mem, space.cr3, vpn * FRAME + offset).result for vpn in pages]
 
     assert [r.pa for r in results] == [pfn * FRAME + offset for pfn in pages.values()]
+
+
+def test_walk_needs_a_memory():
+    """walk(None, ...) is a caller mistake said plainly."""
+    with pytest.raises(VmkitError, match="PhysicalMemory"):
+        walk(None, 0, 0)
+
+
+def test_is_canonical_checks_its_levels():
+    """is_canonical refuses a paging depth other than 4 or 5."""
+    with pytest.raises(VmkitError):
+        is_canonical(0, 3)

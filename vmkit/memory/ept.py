@@ -87,7 +87,7 @@ class EPTP:
         expect_int(self.pml4, "pml4", maximum=(1 << MAXPHYADDR) - 1)
         if self.pml4 % FRAME:
             raise VmkitError(f"pml4 must be 4 KiB aligned, not {self.pml4:#x}")
-        if self.walk_length not in (4, 5):
+        if type(self.walk_length) is not int or self.walk_length not in (4, 5):
             raise VmkitError(f"walk_length must be 4 or 5, not {self.walk_length!r}")
         if self.memory_type not in (MemoryType.UC, MemoryType.WB):
             raise VmkitError(f"EPTP memory type must be UC (0) or WB (6), not {self.memory_type!r}")
@@ -297,6 +297,8 @@ def ept_walk(memory: PhysicalMemory, eptp: EPTP | int, gpa: GPA, access: EPTAcce
         eptp = EPTP.decode(eptp)
     if not isinstance(eptp, EPTP):
         raise VmkitError(f"eptp must be an EPTP or an int, not {eptp!r}")
+    if not hasattr(memory, "read_u64"):
+        raise VmkitError(f"ept_walk() needs the host memory holding the EPT, not {memory!r}")
     if not isinstance(access, EPTAccess):
         raise VmkitError(f"access must be an EPTAccess (EPTAccess.READ, ...), not {access!r}")
     width = 12 + 9 * eptp.walk_length

@@ -47,6 +47,8 @@ class GuestPhysicalMemory:
 
     def __init__(self, host: PhysicalMemory, ept: EPT, size: int = 1 << 22, *, ept_page_size: int = FRAME):
         expect_int(size, "size", minimum=FRAME)
+        if not isinstance(host, PhysicalMemory) or not isinstance(ept, EPT):
+            raise VmkitError("GuestPhysicalMemory(host, ept) takes the host's PhysicalMemory and the VM's EPT")
         if ept_page_size not in (FRAME, LARGE):
             raise VmkitError(f"ept_page_size is 4096 or 2 MiB, not {ept_page_size!r}")
         if size % ept_page_size:
@@ -102,6 +104,7 @@ class GuestPhysicalMemory:
         return f"GuestPhysicalMemory(size={self.size:#x}, backed frames={len(self._backing)})"
 
     def free_frame(self, gpfn: int) -> None:
+        expect_int(gpfn, "gpfn")
         if gpfn in self._free or gpfn >= self._next:
             raise VmkitError(f"guest frame {gpfn} is not allocated")
         self._free.append(gpfn)

@@ -273,6 +273,8 @@ def walk(memory: PhysicalMemory, cr3: int, gva: GVA, access: Access = READ, *,
          levels: int = 4, wp: bool = True, nxe: bool = True, smep: bool = False,
          set_accessed_dirty: bool = True) -> Walk:
     """Translate ``gva`` as the processor does, recording every entry it reads."""
+    if not hasattr(memory, "read_u64"):
+        raise VmkitError(f"walk() needs the memory holding the tables (a PhysicalMemory), not {memory!r}")
     _check_gva(gva)
     _check_levels(levels)
     expect_int(cr3, "cr3", maximum=_ONES)

@@ -363,9 +363,9 @@ def references_per_miss(guest_levels: int, ept_levels: int | None) -> int:
     the final gpa are guest-physical, each needs an m-step EPT walk, and the n
     guest entries are read themselves. The data access is not counted.
     """
-    if guest_levels not in (4, 5):
+    if type(guest_levels) is not int or guest_levels not in (4, 5):
         raise VmkitError(f"guest_levels must be 4 or 5, not {guest_levels!r}")
-    if ept_levels is not None and ept_levels not in (4, 5):
+    if ept_levels is not None and (type(ept_levels) is not int or ept_levels not in (4, 5)):
         raise VmkitError(f"ept_levels must be 4, 5 or None (native), not {ept_levels!r}")
     references = 0
     for step in range(guest_levels + 1):      # n guest tables, then the final gpa
