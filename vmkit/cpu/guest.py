@@ -44,6 +44,12 @@ class Guest:
             self.vcpu.write(address, data)
         self.vcpu.set_reg("rsp", self.image.stack)
         self.vcpu.set_reg("rip", self.image.entry)
+        if kernel.paging:
+            self.vcpu.set_reg("cr3", self.image.cr3)  # the boot page tables: the kernel alone
+            # CR4.PAE and CR0.PG on, as a 64-bit kernel runs: unicorn then flushes its TLB
+            # when the kernel loads another process's CR3
+            self.vcpu.set_reg("cr4", self.vcpu.reg("cr4") | 1 << 5)
+            self.vcpu.set_reg("cr0", self.vcpu.reg("cr0") | 1 << 31)
         self.devices = Devices()
         self.user_entries: list[tuple[int, int]] = []  # (instructions into the slice, pid)
         from unicorn import UC_HOOK_BLOCK
@@ -107,6 +113,9 @@ class Guest:
         if stop.kind is StopKind.INVALID:
             return vcpu.deliver(int(Vector.UD))
         assert stop.kind is StopKind.INTERRUPT, stop
+        if stop.error_code is not None and stop.vector == Vector.PF:  # a walk's own #PF
+            vcpu.set_reg("cr2", stop.address)
+            return vcpu.deliver(stop.vector, error_code=stop.error_code)
         return vcpu.deliver(stop.vector)
 
     def answer_rdtsc(self, stop: Stop, tsc: int) -> None:

@@ -119,6 +119,7 @@ class VM:
     activity: str = "active"  # guest activity state: "hlt" after a HLT that did not exit
     io_bitmap: bytes = bytes(8192)
     msrs: dict[int, int] = field(default_factory=dict)  # MSR values the guest wrote
+    back_page: object = None  # with an EPT: the VMM's allocator for a gpa on first touch
     exits: Counter = field(default_factory=Counter)
 
     @property
@@ -400,6 +401,8 @@ class Hypervisor:
             return ExitReason.CPUID  # CPUID always exits
         if kind is StopKind.CR_ACCESS:
             return ExitReason.CR_ACCESS
+        if kind is StopKind.EPT_VIOLATION:
+            return ExitReason.EPT_VIOLATION
         if kind is StopKind.MSR:
             return ExitReason.MSR_READ if stop.direction == "in" else ExitReason.MSR_WRITE
         if kind is StopKind.RDTSC:
@@ -432,13 +435,17 @@ class Hypervisor:
             qualification = IOQualification(
                 size=stop.size, direction=stop.direction, string=False, rep=False,
                 immediate=stop.length == 2, port=stop.port).encode()
+        elif reason is ExitReason.EPT_VIOLATION:
+            access = {"read": 1, "write": 2, "fetch": 4}[stop.access]
+            qualification = access | 1 << 7 | 1 << 8  # the access, gla valid, final translation
         elif reason is ExitReason.CR_ACCESS:
             qualification = CRAccessQualification(
                 cr=3, access_type=CRAccessType.MOV_TO_CR, register=stop.register).encode()
         vcpu = vm.guest.vcpu
         # the processor itself saves the guest state and the exit information
+        extra = {"guest_physical_address": stop.address} if reason is ExitReason.EPT_VIOLATION else {}
         self.vmx.vm_exit(reason, qualification, vm_exit_instruction_len=stop.length if stop else 0,
-                         **self._guest_state(vm))
+                         **self._guest_state(vm), **extra)
         vm.exits[reason] += 1
         self.timeline.mark(self.now, "hypervisor")
         rip = vcpu.rip  # GUEST_RIP: the instruction that exited, before a handler skips it
@@ -507,6 +514,13 @@ class Hypervisor:
             return "hlt with IF = 0: the VM is powered off"
         vm.state = "waiting"
         return "the guest is idle: the CPU goes to another VM"
+
+    def handle_ept_violation(self, vm: VM, stop: Stop) -> str:
+        if vm.back_page is None:
+            raise AssertionError("an EPT violation in a VM without an EPT")
+        gpa = self.vmx.vmread(VMCSField.GUEST_PHYSICAL_ADDRESS)
+        vm.back_page(gpa)  # the VMM allocates guest memory on first touch
+        return f"gpa {gpa:#x}: not backed yet; the VMM maps a frame and the access is retried"
 
     def handle_cr_access(self, vm: VM, stop: Stop) -> str:
         q = CRAccessQualification.decode(self.vmx.vmread(VMCSField.EXIT_QUALIFICATION))

@@ -91,6 +91,7 @@ class GuestKernel:
     timer_period: int = 20_000
     bug: str | None = None
     memory_size: int = 0x100000
+    paging: bool = False  # each process in its own address space (chapter 2)
 
     def __post_init__(self):
         if isinstance(self.programs, list):
@@ -108,6 +109,12 @@ class GuestKernel:
             raise VmkitError(f"at most {MAX_PROGRAMS} programs (pids print with two digits), not {len(self.programs)}")
         if PROGRAM_BASE + len(self.programs) * PROGRAM_SPAN > self.memory_size:
             raise VmkitError(f"{len(self.programs)} programs do not fit in {self.memory_size:#x} bytes")
+        if not isinstance(self.paging, bool):
+            raise VmkitError(f"paging is True or False, not {self.paging!r}")
+        if self.paging and _tables_base(len(self.programs)) + TABLE_SET * (len(self.programs) + 1) > min(
+                self.memory_size, 1 << 21):
+            raise VmkitError(f"{len(self.programs)} programs and their page tables do not fit in "
+                             "the first 2 MiB of memory; use fewer programs")
         if self.bug not in (None, "broken_idt"):
             raise VmkitError(f"unknown bug {self.bug!r}; known: 'broken_idt'")
 
@@ -373,6 +380,7 @@ class BootImage:
     gdt: bytes
     entry: int
     stack: int
+    cr3: int = 0  # with paging: the boot page tables (the kernel alone)
 
     def program_base(self, index: int) -> int:
         return PROGRAM_BASE + index * PROGRAM_SPAN
@@ -423,5 +431,45 @@ def build(kernel: GuestKernel) -> BootImage:
         struct.pack_into("<Q", pcbs, i * PCB_SIZE + PCB_CR3, base + PAGE_TABLE_OFFSET)
         struct.pack_into(f"<{len(SAVED) + len(FRAME)}Q", pcbs, i * PCB_SIZE + PCB_RAX,
                          *(pcb[r] for r in SAVED + FRAME))
+    cr3 = 0
+    if kernel.paging:
+        tables, cr3 = _page_tables(len(kernel.programs))
+        regions.append((_tables_base(len(kernel.programs)), tables))
+        for i in range(len(kernel.programs)):  # each process's CR3: its own PML4
+            struct.pack_into("<Q", pcbs, i * PCB_SIZE + PCB_CR3,
+                             _tables_base(len(kernel.programs)) + TABLE_SET * (i + 1))
     regions.append((PROCS, bytes(pcbs)))
-    return BootImage(kernel, tuple(regions), symbols, gdt, symbols["kernel_entry"], KERNEL_STACK)
+    return BootImage(kernel, tuple(regions), symbols, gdt, symbols["kernel_entry"], KERNEL_STACK, cr3)
+
+
+# With paging, one set of four tables (PML4, PDPT, PD, PT) for the kernel at boot,
+# then one per process, above the programs. Everything lives in the first 2 MiB,
+# so one PT maps it all; a process sees the kernel's 128 KiB (supervisor) and its
+# own region (user), nothing else: another program's memory is a #PF.
+TABLE_SET = 4 * 0x1000
+KERNEL_REGION = PROGRAM_BASE  # 0 .. 0x20000: tables, kernel, its stack
+
+
+def _tables_base(programs: int) -> int:
+    return PROGRAM_BASE + programs * PROGRAM_SPAN
+
+
+def _page_tables(programs: int) -> tuple[bytes, int]:
+    """The boot set and one set per process, as bytes placed at _tables_base; and the boot CR3."""
+    P, RW, US = 1, 2, 4
+    base = _tables_base(programs)
+    data = bytearray(TABLE_SET * (programs + 1))
+    for s in range(programs + 1):
+        pml4 = base + s * TABLE_SET
+        pdpt, pd, pt = pml4 + 0x1000, pml4 + 0x2000, pml4 + 0x3000
+        o = s * TABLE_SET
+        struct.pack_into("<Q", data, o, pdpt | P | RW | US)
+        struct.pack_into("<Q", data, o + 0x1000, pd | P | RW | US)
+        struct.pack_into("<Q", data, o + 0x2000, pt | P | RW | US)
+        for page in range(0, KERNEL_REGION, 0x1000):
+            struct.pack_into("<Q", data, o + 0x3000 + (page >> 12) * 8, page | P | RW)
+        if s:  # the process's own region, user-accessible
+            region = PROGRAM_BASE + (s - 1) * PROGRAM_SPAN
+            for page in range(region, region + PROGRAM_SPAN, 0x1000):
+                struct.pack_into("<Q", data, o + 0x3000 + (page >> 12) * 8, page | P | RW | US)
+    return bytes(data), base

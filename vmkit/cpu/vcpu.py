@@ -60,6 +60,7 @@ class StopKind(Enum):
     INVALID = "invalid"        # an opcode unicorn refuses (VMX instructions among them)
     CR_ACCESS = "cr access"    # a watched MOV to CR3 (see VCPU.watch)
     MSR = "msr"                # a watched RDMSR (direction "in") or WRMSR ("out")
+    EPT_VIOLATION = "ept violation"  # the translator found no EPT backing (address = gpa)
     MEMORY = "memory"          # an access outside the machine's memory
 
 
@@ -82,6 +83,7 @@ class Stop:
     access: str | None = None
     mnemonic: str = ""
     register: int | None = None  # the GPR operand (0 RAX ... 15 R15), for MOV CR
+    error_code: int | None = None  # a #PF's error code, when a translator computed it
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class VCPU:
         self._ring0 = self.uc.context_save()
         self._ring0_system: list | None = None
         self.trapping: set[StopKind] = set()  # watched instructions that stop a slice now
+        self._shared = None  # the ctypes view of memory shared with a page walker, if any
         self._undo: list[tuple[str, int]] = []
         self._regid = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in GPRS + ("rip", "rflags", "cs", "ss", "ds", "es", "cr0", "cr2", "cr3", "cr4")}
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -237,12 +240,17 @@ class VCPU:
     def read(self, address: int, size: int) -> bytes:
         """Read guest-physical memory; outside the machine is a caller error."""
         self._check_range(address, size)
+        if self._shared is not None:  # with a translator, unicorn's mem_read would take it as virtual
+            return bytes(self._shared[address:address + size])
         return bytes(self.uc.mem_read(address, size))
 
     def write(self, address: int, data: bytes) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise VmkitError(f"write() takes bytes, not {type(data).__name__}")
         self._check_range(address, len(data))
+        if self._shared is not None:
+            self._shared[address:address + len(data)] = bytes(data)
+            return
         self.uc.mem_write(address, bytes(data))
 
     def read_u64(self, address: int) -> int:
@@ -356,6 +364,61 @@ class VCPU:
         self._record(Stop(StopKind.CPUID, self._count() - 1, self.rip, self.cpl,
                           length=2, mnemonic="cpuid"))
         return 1  # skip: the handler writes RAX..RDX
+
+    # -- paging: an outside translator is the MMU (chapter 2) --------------------------
+
+    def share_memory(self, buffer: bytearray) -> None:
+        """Back guest memory with ``buffer`` (the same bytes a page walker reads), keeping its contents."""
+        import ctypes as c
+
+        from unicorn import UC_PROT_ALL
+
+        if len(buffer) < self.memory_size:
+            raise VmkitError(f"the buffer needs at least {self.memory_size:#x} bytes, not {len(buffer):#x}")
+        buffer[:self.memory_size] = self.uc.mem_read(0, self.memory_size)
+        self.uc.mem_unmap(0, self.memory_size)
+        self._shared = (c.c_char * self.memory_size).from_buffer(buffer)
+        self.uc.mem_map_ptr(0, self.memory_size, UC_PROT_ALL, c.addressof(self._shared))
+
+    def set_translator(self, translate) -> None:
+        """Make ``translate(address, access, user)`` the MMU: unicorn asks it for each page.
+
+        It returns ``(physical_page, writable, executable)``, or ``("#PF", error_code)``, or
+        ``("EPT", gpa)``; a fault stops the slice before the access, as the CPU would.
+        """
+        from unicorn import UC_HOOK_TLB_FILL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, UC_TLB_VIRTUAL
+
+        kinds = {16: "read", 17: "write", 18: "fetch"}  # UC_MEM_READ, UC_MEM_WRITE, UC_MEM_FETCH
+
+        def fill(uc, address, access, entry, _data):
+            if address >> 12 == _END >> 12:
+                # unicorn translates emu_start's "until" address (the last page) to watch for
+                # it; no guest code lives there: answer without walking
+                entry.paddr, entry.perms = 0, UC_PROT_READ | UC_PROT_EXEC
+                return True
+            kind = kinds.get(access, "read")
+            answer = translate(address, kind, self.cpl == 3)
+            if answer[0] == "#PF":
+                self._record(Stop(StopKind.INTERRUPT, self._count() - 1, self.rip, self.cpl,
+                                  vector=int(Vector.PF), address=address, access=kind,
+                                  error_code=answer[1]))
+                return False
+            if answer[0] == "#GP":  # a non-canonical address
+                self._record(Stop(StopKind.INTERRUPT, self._count() - 1, self.rip, self.cpl,
+                                  vector=int(Vector.GP)))
+                return False
+            if answer[0] == "EPT":
+                self._record(Stop(StopKind.EPT_VIOLATION, self._count() - 1, self.rip, self.cpl,
+                                  address=answer[1], access=kind))
+                return False
+            page, writable, executable = answer
+            entry.paddr = page
+            entry.perms = UC_PROT_READ | (UC_PROT_WRITE if writable else 0) | (UC_PROT_EXEC if executable else 0)
+            return True
+
+        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        self._translator = fill  # keep the callback alive
+        self.uc.hook_add(UC_HOOK_TLB_FILL, fill)
 
     def watch(self, address: int, kind: StopKind, mnemonic: str, *, register: int | None = None,
               direction: str | None = None) -> None:
