@@ -1,5 +1,8 @@
-"""Chapter 3, I/O virtualization (being built): Xen split drivers, emulated devices, the IOMMU.
+"""Chapter 3, I/O virtualization (being built): Xen split drivers, virtio, the IOMMU.
 
-So far: ``ring.py``, the Xen shared ring of xen/include/public/io/ring.h. Notebooks
-will be in course/03_io/. This chapter builds on vmkit.cpu and vmkit.memory.
+So far, the protocols as data, faithful to their headers: ``ring.py`` (the Xen
+shared ring, io/ring.h), ``grants.py`` (grant tables v1), ``evtchn.py`` (event
+channels), ``xenstore.py`` (the store and the XenBus states), ``virtqueue.py``
+(virtio's split virtqueue) and ``iommu.py`` (VT-d DMA remapping, SR-IOV).
+Notebooks will be in course/03_io/. Builds on vmkit.cpu and vmkit.memory.
 """
