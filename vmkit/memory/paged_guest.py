@@ -19,7 +19,7 @@ from vmkit.core import VmkitError
 from vmkit.cpu.hypervisor import VM, Hypervisor
 from vmkit.cpu.kernel import GuestKernel
 from vmkit.cpu.machine import Machine
-from vmkit.memory.ept import EPT, EPTViolation
+from vmkit.memory.ept import EPT, EPTMisconfiguration, EPTViolation
 from vmkit.memory.nested import GuestPhysicalMemory, walk_2d
 from vmkit.memory.paging import PTE, Access, GeneralProtection, PageFault, walk
 from vmkit.memory.physical import FRAME, PhysicalMemory
@@ -95,6 +95,8 @@ class PagingHypervisor(Hypervisor):
             outcome = result.result
             if isinstance(outcome, EPTViolation):
                 return ("EPT", outcome.gpa)
+            # this VMM only ever writes valid EPT entries: a misconfiguration would be its bug
+            assert not isinstance(outcome, EPTMisconfiguration), outcome
             if not result.ok:
                 return _answer(outcome, 0, kind, None, None)
             leaf = next(s.guest for s in reversed(result.steps) if s.guest is not None).entry
