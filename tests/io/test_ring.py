@@ -286,6 +286,16 @@ def test_response_without_request_is_refused():
     assert sring.ring[0] == _read(1)
 
 
+def test_front_refuses_more_responses_than_requests_outstanding():
+    """A back end publishing a response to a request never made is disconnected."""
+    sring, front, _ = _rings()
+    front.push_request(_read(1))
+    front.push_requests_and_check_notify()
+    sring.rsp_prod = 2
+    with pytest.raises(RingOverflow):
+        front.take_response()
+
+
 def test_eleven_segments_accepted():
     """A request with BLKIF_MAX_SEGMENTS_PER_REQUEST = 11 segments is accepted."""
     segments = tuple(Segment(g, 0, 7) for g in range(11))

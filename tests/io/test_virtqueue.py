@@ -143,6 +143,16 @@ def test_driver_refuses_a_used_id_not_in_flight():
         driver.get_used()
 
 
+@pytest.mark.parametrize("head", [-1, 8, 65535])
+def test_device_refuses_an_offered_head_outside_the_table(head):
+    """A driver offering a head outside 0..size-1 is broken; the device refuses it."""
+    vq, driver, device = _queue()
+    driver.add_buffer([16])
+    vq.avail.ring[0] = head
+    with pytest.raises(VirtqueueError):
+        device.pop_avail()
+
+
 @pytest.mark.parametrize("event, new, old, expected", [
     (0, 1, 0, True),       # the very first buffer after event 0
     (0, 2, 1, False),      # event already passed: stay quiet

@@ -189,6 +189,12 @@ class FrontRing:
                 f"{self.rsp_cons}: more than {self.size} responses; disconnect this back end")
         if not self.unconsumed_responses():
             raise RingError("no unconsumed response; check unconsumed_responses() first")
+        if self.unconsumed_responses() > _idx(self.req_prod_pvt - self.rsp_cons):
+            # stricter than RING_RESPONSE_PROD_OVERFLOW: a response to a request never made
+            # would make the slot count wrap, and the front end would overwrite its own requests
+            raise RingOverflow(
+                f"back end published rsp_prod={self.sring.rsp_prod}, more responses than the "
+                f"{_idx(self.req_prod_pvt - self.rsp_cons)} requests outstanding; disconnect it")
         response = self.sring.ring[self.sring.slot(self.rsp_cons)]
         self.rsp_cons = _idx(self.rsp_cons + 1)
         return response

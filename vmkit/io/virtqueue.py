@@ -387,7 +387,7 @@ class Device:
                 f"{self.last_avail_idx}: more than {vq.size} chains; mark the device broken")
         # rmb(): read the ring entry only after seeing the index that covers it.
         head = vq.avail.ring[self.last_avail_idx % vq.size]
-        if head >= vq.size or head in self.taken:
+        if not isinstance(head, int) or not 0 <= head < vq.size or head in self.taken:
             raise VirtqueueError(f"driver offered head {head}, not a free descriptor index")
         descs, i = [vq.desc[head]], head
         while descs[-1].has_next:     # §2.7.5: a chain longer than the table is a loop
