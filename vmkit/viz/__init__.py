@@ -12,6 +12,7 @@ shapes of function live here:
 """
 
 from vmkit.viz.cpu import draw_shares, draw_timeline, explore_timers
+from vmkit.viz.io import explore_typology, typology_table
 from vmkit.viz.memory import draw_grid, draw_walk, explore_grid, explore_walk
 from vmkit.viz.memory_perf import draw_comparison, draw_hit_rates, explore_tlb
 from vmkit.viz.vmx import VMXExplorer, draw_vmx_states, explore_vmx, vmx_history_table
@@ -31,4 +32,6 @@ __all__ = [
     "draw_vmx_states",
     "explore_vmx",
     "vmx_history_table",
+    "explore_typology",
+    "typology_table",
 ]
