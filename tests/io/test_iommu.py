@@ -184,3 +184,28 @@ def test_fault_explanation_is_french():
 def test_ddio_note_says_translation_is_unchanged():
     """The DDIO note says DDIO changes where data lands, not the IOMMU's translation."""
     assert "LLC" in DDIO_NOTE and "traduction" in DDIO_NOTE
+
+
+def test_detached_device_dma_faults():
+    """After detach, the device's DMA finds no present context entry and faults."""
+    _, iommu, nic = _machine()
+    iommu.detach(3, 0, 0)
+    assert isinstance(nic.dma_read(BUFFER, 1), RemappingFault)
+
+
+def test_detaching_the_last_device_releases_the_domain_id():
+    """Domain 1 with no device left may be reused with new second-level tables."""
+    memory, iommu, nic = _machine()
+    iommu.detach(3, 0, 0)
+    assert 1 not in iommu.domains
+    nic.attach(1, EPT(memory))          # would be refused while domain 1 kept its old EPT
+
+
+def test_domain_id_stays_while_another_device_uses_it():
+    """Detaching one of two devices of a domain keeps the domain id bound to its tables."""
+    memory, iommu, nic = _machine()
+    disk = Device("disk", iommu, bus=3, device=1, function=0)
+    disk.attach(1, iommu.domains[1])
+    iommu.detach(3, 0, 0)
+    with pytest.raises(VmkitError):
+        nic.attach(1, EPT(memory))

@@ -323,10 +323,19 @@ class IOMMU:
         return entry
 
     def detach(self, bus: int, device: int, function: int) -> None:
-        """Clear the device's context entry: from now on its DMA faults."""
+        """Clear the device's context entry: from now on its DMA faults.
+
+        The domain id is released with its last device, so it may name new tables.
+        """
         rid = requester_id(bus, device, function)
-        if bus in self.context_tables:
-            self.context_tables[bus][rid & 0xFF] = ContextEntry()
+        if bus not in self.context_tables:
+            return
+        old = self.context_tables[bus][rid & 0xFF]
+        self.context_tables[bus][rid & 0xFF] = ContextEntry()
+        if old.present and not any(
+                table[devfn].present and table[devfn].domain_id == old.domain_id
+                for table in self.context_tables.values() for devfn in range(256)):
+            del self.domains[old.domain_id]
 
     def translate(self, bus: int, device: int, function: int, iova: IOVA,
                   write: bool) -> Translation | RemappingFault:
