@@ -296,6 +296,13 @@ def test_front_refuses_more_responses_than_requests_outstanding():
         front.take_response()
 
 
+@pytest.mark.parametrize("view", [FrontRing, BackRing])
+def test_ring_view_refuses_something_that_is_not_a_shared_ring(view):
+    """FrontRing(None) or BackRing(None) says what to pass, not an AttributeError."""
+    with pytest.raises(VmkitError, match="SharedRing"):
+        view(None)
+
+
 def test_eleven_segments_accepted():
     """A request with BLKIF_MAX_SEGMENTS_PER_REQUEST = 11 segments is accepted."""
     segments = tuple(Segment(g, 0, 7) for g in range(11))

@@ -133,6 +133,15 @@ def test_device_cannot_return_a_chain_it_did_not_take():
         device.push_used(0, 0)
 
 
+def test_device_refuses_an_unhashable_head():
+    """push_used([0], 0) is a VirtqueueError, not a TypeError."""
+    _, driver, device = _queue()
+    driver.add_buffer([16])
+    device.pop_avail()
+    with pytest.raises(VirtqueueError):
+        device.push_used([0], 0)
+
+
 def test_driver_refuses_a_used_id_not_in_flight():
     """A used element naming a chain not in flight is a broken device."""
     vq, driver, device = _queue()

@@ -194,6 +194,12 @@ def test_switch_state_writes_decimal():
     assert store.read(f"{FRONT}/state") == "3"
 
 
+@pytest.mark.parametrize("state", [True, "4", None, []])
+def test_switch_state_refuses_a_state_that_is_not_a_number(state):
+    """A bool, a string or an unhashable value fails with -EINVAL, not a TypeError."""
+    assert errno_of(switch_state, XenStore(), FRONT, state) == -EINVAL
+
+
 def test_switch_state_refuses_unknown_state():
     """A number that is no XenbusState fails with -EINVAL and writes nothing."""
     store = XenStore()

@@ -108,6 +108,13 @@ def _must_notify(new: RING_IDX, old: RING_IDX, event: RING_IDX) -> bool:
     return _idx(new - event) < _idx(new - old)
 
 
+def _expect_sring(sring) -> SharedRing:
+    if not isinstance(sring, SharedRing):
+        raise VmkitError(f"a ring view attaches to a SharedRing, e.g. SharedRing(BLKIF_ENTRY_SIZE), "
+                         f"not {sring!r}")
+    return sring
+
+
 class FrontRing:
     """The front end's private view, ``struct NAME_front_ring``: ``req_prod_pvt``, ``rsp_cons``.
 
@@ -117,6 +124,7 @@ class FrontRing:
     """
 
     def __init__(self, sring: SharedRing, start: RING_IDX = 0):
+        _expect_sring(sring)
         start = expect_int(start, "start", maximum=RING_IDX_MOD - 1)
         sring.req_prod = sring.rsp_prod = start
         sring.req_event = sring.rsp_event = _idx(start + 1)
@@ -220,7 +228,7 @@ class BackRing:
     """
 
     def __init__(self, sring: SharedRing):
-        self.sring = sring
+        self.sring = _expect_sring(sring)
         self.rsp_prod_pvt: RING_IDX = sring.rsp_prod
         self.req_cons: RING_IDX = sring.rsp_prod
         self.responses_pushed = 0

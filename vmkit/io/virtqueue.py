@@ -408,7 +408,7 @@ class Device:
         Raises:
             VirtqueueError: ``head`` was not taken, or more bytes than the chain can hold.
         """
-        chain = self.taken.get(head)
+        chain = self.taken.get(head) if isinstance(head, int) else None
         if chain is None:
             raise VirtqueueError(f"head {head} was not taken with pop_avail(); nothing to return")
         expect_int(written_len, "written_len", maximum=chain.writable_len)

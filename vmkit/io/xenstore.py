@@ -184,7 +184,7 @@ def backend_path(domid: int, devid: int, devtype: str = "vbd", backend_domid: in
 
 def switch_state(store: XenStore, path: str, state: XenbusState) -> None:
     """xenbus_switch_state: write ``state`` in decimal to ``<path>/state``."""
-    if state not in set(XenbusState):
+    if not isinstance(state, int) or isinstance(state, bool) or state not in set(XenbusState):
         raise XenstoreError(-EINVAL, f"{state!r} is not a XenbusState; use XenbusState.Connected")
     store.write(f"{path}/state", str(int(state)))
 
