@@ -1,6 +1,8 @@
 """The PC devices the guest kernel drives through port I/O.
 
-COM1's transmit register (0x3F8, 16550 UART), the 8254 PIT's channel 0
+COM1, a 16550 UART at ports 0x3F8-0x3FF (its eight registers, the divisor
+latch behind LCR.DLAB; it transmits each byte at once, as QEMU's emulated
+serial port does, so the line status always says THR empty), the 8254 PIT's channel 0
 (0x40, command port 0x43) and the 8259 PIC's command port (0x20, EOI). On bare
 metal they are the machine's; under the hypervisor the same models are the
 *virtual* devices its I/O exits emulate. Deliberately simple: the PIT counts
@@ -15,6 +17,79 @@ from dataclasses import dataclass, field
 COM1_THR = 0x3F8
 PIT_CHANNEL0, PIT_COMMAND = 0x40, 0x43
 PIC_COMMAND, PIC_EOI = 0x20, 0x20
+UART_CLOCK_DIVIDEND = 115_200   # 1.8432 MHz / 16: baud = 115200 / divisor
+LSR_THRE, LSR_TEMT = 0x20, 0x40
+LCR_DLAB = 0x80
+FCR_ENABLE = 0x01
+# register names by offset from the base, for reads and writes, with DLAB clear / set
+_UART_WRITE = ("THR", "IER", "FCR", "LCR", "MCR", None, None, "SCR")
+_UART_READ = ("RBR", "IER", "IIR", "LCR", "MCR", "LSR", "MSR", "SCR")
+
+
+@dataclass
+class UART16550:
+    """A 16550A UART's registers (National Semiconductor PC16550D data sheet).
+
+    Nothing is ever received (RBR reads 0, LSR.DR clear) and modem lines are
+    idle (MSR 0). Writing THR transmits the byte at once.
+    """
+
+    base: int = COM1_THR
+    ier: int = 0
+    lcr: int = 0
+    mcr: int = 0
+    fcr: int = 0
+    scr: int = 0
+    divisor: int = 12         # 9600 baud, the PC BIOS's default
+    sent: bytearray = field(default_factory=bytearray)
+    accesses: list[str] = field(default_factory=list)   # register of each access, in order
+
+    def register(self, port: int, direction: str) -> str | None:
+        """The register an access at ``port`` reaches, or None outside the UART."""
+        offset = port - self.base
+        if not 0 <= offset < 8:
+            return None
+        if self.lcr & LCR_DLAB and offset in (0, 1):
+            return ("DLL", "DLM")[offset]
+        return (_UART_WRITE if direction == "out" else _UART_READ)[offset]
+
+    @property
+    def baud(self) -> int | None:
+        return UART_CLOCK_DIVIDEND // self.divisor if self.divisor else None
+
+    def write(self, port: int, value: int) -> str:
+        value &= 0xFF
+        name = self.register(port, "out")
+        self.accesses.append(name or f"{port:#x}")
+        if name == "THR":
+            self.sent.append(value)
+            return f"COM1 <- {chr(value)!r}"
+        if name == "DLL":
+            self.divisor = self.divisor & 0xFF00 | value
+        elif name == "DLM":
+            self.divisor = self.divisor & 0xFF | value << 8
+        elif name in ("IER", "LCR", "MCR", "SCR"):
+            setattr(self, name.lower(), value & 0x0F if name == "IER" else value)
+        elif name == "FCR":
+            self.fcr = value & 0xC9   # the clear bits 1-2 self-clear: FIFOs are empty anyway
+        else:
+            return f"COM1 port {port:#x} <- {value:#04x} (read-only register, ignored)"
+        return f"COM1 {name} <- {value:#04x}"
+
+    def read(self, port: int) -> int:
+        name = self.register(port, "in")
+        self.accesses.append(name or f"{port:#x}")
+        if name == "LSR":
+            return LSR_THRE | LSR_TEMT
+        if name == "IIR":
+            return 0x01 | (0xC0 if self.fcr & FCR_ENABLE else 0)   # no interrupt pending
+        if name == "DLL":
+            return self.divisor & 0xFF
+        if name == "DLM":
+            return self.divisor >> 8
+        if name in ("IER", "LCR", "MCR", "SCR"):
+            return getattr(self, name.lower())
+        return 0   # RBR with nothing received, MSR with idle lines
 
 
 @dataclass
@@ -49,15 +124,14 @@ class PIT:
 class Devices:
     """One machine's (or one VM's) serial console, timer and interrupt controller."""
 
-    console: bytearray = field(default_factory=bytearray)
+    uart: UART16550 = field(default_factory=UART16550)
     pit: PIT = field(default_factory=PIT)
     eois: int = 0
 
     def out(self, port: int, value: int) -> str:
         """Perform an OUT; return what happened, in a few words."""
-        if port == COM1_THR:
-            self.console.append(value & 0xFF)
-            return f"COM1 <- {chr(value & 0xFF)!r}"
+        if self.uart.register(port, "out") is not None:
+            return self.uart.write(port, value)
         if port in (PIT_CHANNEL0, PIT_COMMAND):
             if self.pit.write(port, value):
                 return f"PIT period = {self.pit.period} instructions"
@@ -68,8 +142,14 @@ class Devices:
         return f"port {port:#x} <- {value:#x} (no device)"
 
     def in_(self, port: int) -> int:
-        """Perform an IN: the line status register says 'ready', nothing else answers."""
-        return 0x60 if port == COM1_THR + 5 else 0xFF
+        """Perform an IN: the UART answers its ports; a port with no device reads 0xFF."""
+        if self.uart.register(port, "in") is not None:
+            return self.uart.read(port)
+        return 0xFF
+
+    @property
+    def console(self) -> bytearray:
+        return self.uart.sent
 
     @property
     def text(self) -> str:

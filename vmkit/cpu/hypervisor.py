@@ -484,8 +484,11 @@ class Hypervisor:
                 vm.next_tick = self.now + devices.pit.period
         else:
             vcpu = vm.guest.vcpu
-            vcpu.set_reg("rax", vcpu.reg("rax") & ~0xFF | devices.in_(stop.port))
-            what = f"IN from port {stop.port:#x}"
+            value = devices.in_(stop.port)
+            vcpu.set_reg("rax", vcpu.reg("rax") & ~0xFF | value)
+            register = devices.uart.register(stop.port, "in")
+            what = (f"COM1 {register} -> {value:#04x}" if register
+                    else f"IN from port {stop.port:#x} -> {value:#04x}")
         self._skip(vm, stop)
         return what
 

@@ -75,6 +75,11 @@ class Program:
             raise VmkitError(f"program {self.name!r}: its source is assembly text (a str), not {self.source!r}")
 
 
+CONSOLE_DRIVERS = ("plain", "16550")
+# the 16550 set-up a PC kernel does at boot (Linux's 8250 driver, OSDev's "Serial Ports"):
+# (register offset, value): interrupts off, DLAB on, divisor 1 (115200 baud), 8N1 with DLAB
+# off, FIFOs on and cleared with a 14-byte trigger, DTR + RTS + OUT2
+UART_INIT = ((1, 0x00), (3, 0x80), (0, 0x01), (1, 0x00), (3, 0x03), (2, 0xC7), (4, 0x0B))
 MAX_PROGRAMS = 99
 MAX_MEMORY = 64 << 20  # a guest of at most 64 MiB: plenty for the course, bounded for the host
 
@@ -92,6 +97,7 @@ class GuestKernel:
     bug: str | None = None
     memory_size: int = 0x100000
     paging: bool = False  # each process in its own address space (chapter 2)
+    console: str = "plain"  # "16550": set the UART up at boot, poll LSR.THRE before each byte
 
     def __post_init__(self):
         if isinstance(self.programs, list):
@@ -115,6 +121,8 @@ class GuestKernel:
                 self.memory_size, 1 << 21):
             raise VmkitError(f"{len(self.programs)} programs and their page tables do not fit in "
                              "the first 2 MiB of memory; use fewer programs")
+        if self.console not in CONSOLE_DRIVERS:
+            raise VmkitError(f"console must be one of {CONSOLE_DRIVERS}, not {self.console!r}")
         if self.bug not in (None, "broken_idt"):
             raise VmkitError(f"unknown bug {self.bug!r}; known: 'broken_idt'")
 
@@ -143,6 +151,17 @@ def kernel_source(kernel: GuestKernel) -> str:
                         for i, r in enumerate(SAVED) if r != "rax")
     frame = "\n".join(f"    push qword ptr [rax+{PCB_RIP + 8 * i:#x}]" for i in reversed(range(len(FRAME))))
     bug = "    lidt [bad_idtr]      ; the bug: an IDT of limit 0\n" if kernel.bug == "broken_idt" else ""
+    poll = uart_init = ""
+    if kernel.console == "16550":
+        poll = f"""    mov dx, {COM1 + 5:#x}         ; LSR
+kputs_wait:
+    in al, dx
+    test al, 0x20               ; THRE: the transmitter takes a byte
+    jz kputs_wait
+    mov dx, {COM1:#x}             ; THR
+"""
+        uart_init = "".join(f"    mov dx, {COM1 + r:#x}\n    mov al, {v:#04x}\n    out dx, al\n"
+                            for r, v in UART_INIT)
     faults = []
     for vector, name in FAULTS.items():
         faults.append(f"""
@@ -157,7 +176,7 @@ kernel_entry:                   ; ring 0, on the kernel stack
     lidt [idtr_desc]             ; load the IDT the loader filled
     mov ax, {TSS_SELECTOR:#x}
     ltr ax                      ; and the TSS (RSP0 for ring 3 -> 0)
-    mov ecx, {IA32_APIC_BASE:#x}
+{uart_init}    mov ecx, {IA32_APIC_BASE:#x}
     jmp read_apic_base          ; privileged instructions a hypervisor may trap each
 read_apic_base:                 ; start their own translation block (see guest.py)
     rdmsr                       ; where is the local APIC? as Linux asks at boot
@@ -340,7 +359,7 @@ kputs:                          ; rsi = bytes, rcx = length, to COM1
     test rcx, rcx
     jz kputs_done
 kputs_loop:
-    mov al, byte ptr [rsi]
+{poll}    mov al, byte ptr [rsi]
     out dx, al
     inc rsi
     dec rcx

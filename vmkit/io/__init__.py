@@ -4,6 +4,7 @@ So far, the protocols as data, faithful to their headers: ``ring.py`` (the Xen
 shared ring, io/ring.h), ``grants.py`` (grant tables v1), ``evtchn.py`` (event
 channels), ``xenstore.py`` (the store and the XenBus states), ``virtqueue.py``
 (virtio's split virtqueue), ``iommu.py`` (VT-d DMA remapping, SR-IOV) and
-``typology.py`` (the slides' five device kinds with real examples).
+``typology.py`` (the slides' five device kinds with real examples); and
+``emulated.py``, I/O trapped at the instruction under the chapter-1 hypervisor.
 Notebooks will be in course/03_io/. Builds on vmkit.cpu and vmkit.memory.
 """
