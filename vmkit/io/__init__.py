@@ -6,5 +6,5 @@ channels), ``xenstore.py`` (the store and the XenBus states), ``virtqueue.py``
 (virtio's split virtqueue), ``iommu.py`` (VT-d DMA remapping, SR-IOV) and
 ``typology.py`` (the slides' five device kinds with real examples); and
 ``emulated.py``, I/O trapped at the instruction under the chapter-1 hypervisor.
-Notebooks will be in course/03_io/. Builds on vmkit.cpu and vmkit.memory.
+Notebooks in course/03_io/ (01_peripheriques_emulation so far). Builds on vmkit.cpu and vmkit.memory.
 """
