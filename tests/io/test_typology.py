@@ -63,3 +63,9 @@ def test_unknown_device_lists_the_examples():
     """kind_of an unknown name says which names exist."""
     with pytest.raises(VmkitError, match="'disk'"):
         kind_of("floppy")
+
+
+def test_every_example_has_a_french_label():
+    """The course's table shows French names: every example has one."""
+    assert [ex.label for ex in EXAMPLES if ex.name == "disk"] == ["disque"]
+    assert all(ex.label for ex in EXAMPLES)

@@ -20,4 +20,4 @@ def test_choosing_a_kind_in_the_dropdown_filters_the_table():
     choice, table = box.children
     choice.value = DeviceKind.PARTITIONED
     assert table.value.count("<tr>") == len(examples(DeviceKind.PARTITIONED)) + 1
-    assert "disk" in table.value and "network card" not in table.value
+    assert "disque" in table.value and "carte réseau" not in table.value

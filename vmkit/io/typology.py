@@ -51,11 +51,16 @@ KINDS: dict[DeviceKind, KindInfo] = {
 class DeviceExample:
     """One device, the kind it is given to VMs as, and the real technology doing it."""
 
-    name: str
+    name: str               # the identifier kind_of() takes
     kind: DeviceKind
     technology: str         # French: shown in the course's table
     on_slide: bool = False
     in_practice: DeviceKind | None = None   # where the slide says practice differs
+
+    @property
+    def label(self) -> str:
+        """The device's French name, as the course's table shows it."""
+        return LABELS[self.name]
 
 
 EXAMPLES: tuple[DeviceExample, ...] = (
@@ -86,6 +91,22 @@ EXAMPLES: tuple[DeviceExample, ...] = (
     DeviceExample("VM-to-VM serial line", DeviceKind.NONEXISTENT,
                   "un tube entre deux UART émulés (chardev QEMU, host pipe VirtualBox)"),
 )
+
+
+LABELS = {
+    "screen": "écran",
+    "keyboard": "clavier",
+    "PCI device assigned to one VM": "périphérique PCI assigné à une VM",
+    "disk": "disque",
+    "NVMe SSD": "SSD NVMe",
+    "network card": "carte réseau",
+    "network card with SR-IOV": "carte réseau SR-IOV",
+    "GPU": "GPU",
+    "printer": "imprimante",
+    "host printer seen from a VM": "imprimante de l'hôte vue d'une VM",
+    "virtual switch between VMs": "switch virtuel entre VM",
+    "VM-to-VM serial line": "liaison série entre deux VM",
+}
 
 
 def kind_of(name: str) -> DeviceKind:

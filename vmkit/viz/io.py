@@ -20,7 +20,7 @@ def typology_table(kind: DeviceKind | str | None = None) -> HTML:
         kind_cell = ex.kind.value
         if ex.in_practice is not None:
             kind_cell += f" (en pratique : {ex.in_practice.value})"
-        cells = (ex.name, kind_cell, info.vms_at_once, info.multiplexed_unit, ex.technology,
+        cells = (ex.label, kind_cell, info.vms_at_once, info.multiplexed_unit, ex.technology,
                  "✔" if ex.on_slide else "")
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in _HEAD)
