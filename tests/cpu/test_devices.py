@@ -7,7 +7,7 @@ from vmkit.cpu.devices import Devices, UART16550
 
 @pytest.mark.parametrize("offset, out, in_", [
     (0, "THR", "RBR"), (1, "IER", "IER"), (2, "FCR", "IIR"), (3, "LCR", "LCR"),
-    (4, "MCR", "MCR"), (5, None, "LSR"), (6, None, "MSR"), (7, "SCR", "SCR"),
+    (4, "MCR", "MCR"), (5, "LSR", "LSR"), (6, "MSR", "MSR"), (7, "SCR", "SCR"),
 ])
 def test_registers_by_offset_and_direction(offset, out, in_):
     """Each port names the data sheet's register, which may differ for reads and writes."""
@@ -80,3 +80,38 @@ def test_uart_logs_the_register_of_each_access():
         uart.write(port, value)
     uart.read(0x3FD)
     assert uart.accesses == ["LCR", "DLL", "LCR", "THR", "LSR"]
+
+
+@pytest.mark.parametrize("port", [0x3FD, 0x3FE])
+def test_writes_to_lsr_and_msr_reach_the_uart_and_are_ignored(port):
+    """LSR and MSR belong to the UART even for writes; the write changes nothing."""
+    devices = Devices()
+    assert "ignored" in devices.out(port, 0) and devices.uart.accesses == [("LSR", "MSR")[port - 0x3FD]]
+    assert devices.in_(0x3FD) == 0x60
+
+
+@pytest.mark.parametrize("call", [
+    lambda u: u.write(0x80, 1), lambda u: u.read(0x2F8), lambda u: u.write(0x3F8, "A"),
+    lambda u: u.register("0x3f8", "out"), lambda u: u.register(0x3FD, "OUT"),
+])
+def test_bad_access_is_refused_and_not_logged(call):
+    """A port outside the UART, a value or port of the wrong type, or a bad direction: VmkitError."""
+    from vmkit.core import VmkitError
+    uart = UART16550()
+    with pytest.raises(VmkitError):
+        call(uart)
+    assert uart.accesses == []
+
+
+def test_fcr_bits_are_kept_only_with_fifos_enabled():
+    """Writing FCR with bit 0 clear disables the FIFOs: the other bits are not programmed."""
+    uart = UART16550()
+    uart.write(0x3FA, 0xC8)
+    assert uart.fcr == 0 and uart.read(0x3FA) == 0x01
+
+
+def test_mcr_upper_bits_read_zero():
+    """MCR bits 7:5 do not exist on a 16550A: they read back 0."""
+    uart = UART16550()
+    uart.write(0x3FC, 0xFF)
+    assert uart.read(0x3FC) == 0x1F

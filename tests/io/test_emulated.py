@@ -82,3 +82,16 @@ def test_unknown_console_driver_is_refused():
     """GuestKernel(console=...) accepts 'plain' or '16550' only."""
     with pytest.raises(VmkitError, match="16550"):
         GuestKernel((hello(),), console="8250")
+
+
+def test_run_that_cannot_finish_is_refused():
+    """An exit cost near the timer period starves the guest: a clear error, not partial counts."""
+    with pytest.raises(VmkitError, match="did not finish"):
+        console_run(16, exit_cost=10_000)
+
+
+def test_exits_per_kib_of_an_empty_run_is_an_error():
+    """No byte sent: exits per KiB is undefined and says so."""
+    from vmkit.io.emulated import ConsoleRun
+    with pytest.raises(VmkitError):
+        ConsoleRun("16550", 0, (), 1000).exits_per_kib

@@ -69,3 +69,9 @@ def test_every_example_has_a_french_label():
     """The course's table shows French names: every example has one."""
     assert [ex.label for ex in EXAMPLES if ex.name == "disk"] == ["disque"]
     assert all(ex.label for ex in EXAMPLES)
+
+
+def test_a_new_example_without_a_label_shows_its_name():
+    """An example built by a student has no French label yet: the table shows its name."""
+    from vmkit.io.typology import DeviceExample
+    assert DeviceExample("tape", DeviceKind.DEDICATED, "x").label == "tape"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vmkit.core import VmkitError, expect_int
+
 COM1_THR = 0x3F8
 PIT_CHANNEL0, PIT_COMMAND = 0x40, 0x43
 PIC_COMMAND, PIC_EOI = 0x20, 0x20
@@ -22,7 +24,7 @@ LSR_THRE, LSR_TEMT = 0x20, 0x40
 LCR_DLAB = 0x80
 FCR_ENABLE = 0x01
 # register names by offset from the base, for reads and writes, with DLAB clear / set
-_UART_WRITE = ("THR", "IER", "FCR", "LCR", "MCR", None, None, "SCR")
+_UART_WRITE = ("THR", "IER", "FCR", "LCR", "MCR", "LSR", "MSR", "SCR")  # LSR, MSR: writes ignored
 _UART_READ = ("RBR", "IER", "IIR", "LCR", "MCR", "LSR", "MSR", "SCR")
 
 
@@ -46,7 +48,9 @@ class UART16550:
 
     def register(self, port: int, direction: str) -> str | None:
         """The register an access at ``port`` reaches, or None outside the UART."""
-        offset = port - self.base
+        if direction not in ("in", "out"):
+            raise VmkitError(f"direction is 'in' or 'out', not {direction!r}")
+        offset = expect_int(port, "port", maximum=0xFFFF) - self.base
         if not 0 <= offset < 8:
             return None
         if self.lcr & LCR_DLAB and offset in (0, 1):
@@ -55,12 +59,19 @@ class UART16550:
 
     @property
     def baud(self) -> int | None:
+        """115200 / divisor; None while the latch holds 0 (the data sheet leaves it undefined)."""
         return UART_CLOCK_DIVIDEND // self.divisor if self.divisor else None
 
+    def _own(self, port: int, direction: str) -> str:
+        name = self.register(port, direction)
+        if name is None:
+            raise VmkitError(f"port {port:#x} is not one of the UART's {self.base:#x}-{self.base + 7:#x}")
+        self.accesses.append(name)
+        return name
+
     def write(self, port: int, value: int) -> str:
-        value &= 0xFF
-        name = self.register(port, "out")
-        self.accesses.append(name or f"{port:#x}")
+        value = expect_int(value, "value", maximum=0xFFFF_FFFF) & 0xFF
+        name = self._own(port, "out")
         if name == "THR":
             self.sent.append(value)
             return f"COM1 <- {chr(value)!r}"
@@ -68,17 +79,19 @@ class UART16550:
             self.divisor = self.divisor & 0xFF00 | value
         elif name == "DLM":
             self.divisor = self.divisor & 0xFF | value << 8
-        elif name in ("IER", "LCR", "MCR", "SCR"):
-            setattr(self, name.lower(), value & 0x0F if name == "IER" else value)
+        elif name in ("LCR", "SCR"):
+            setattr(self, name.lower(), value)
+        elif name in ("IER", "MCR"):
+            setattr(self, name.lower(), value & (0x0F if name == "IER" else 0x1F))  # others read 0
         elif name == "FCR":
-            self.fcr = value & 0xC9   # the clear bits 1-2 self-clear: FIFOs are empty anyway
+            # bits 1-2 clear the FIFOs and self-clear; the rest is kept only with FIFOs enabled
+            self.fcr = value & 0xC9 if value & FCR_ENABLE else 0
         else:
-            return f"COM1 port {port:#x} <- {value:#04x} (read-only register, ignored)"
+            return f"COM1 {name} <- {value:#04x} (read-only register, ignored)"
         return f"COM1 {name} <- {value:#04x}"
 
     def read(self, port: int) -> int:
-        name = self.register(port, "in")
-        self.accesses.append(name or f"{port:#x}")
+        name = self._own(port, "in")
         if name == "LSR":
             return LSR_THRE | LSR_TEMT
         if name == "IIR":

@@ -57,6 +57,8 @@ class ConsoleRun:
     @property
     def exits_per_kib(self) -> float:
         """UART exits per 1,024 bytes transmitted."""
+        if not self.sent:
+            raise VmkitError("nothing was transmitted: no exits per KiB to compute")
         return self.uart_exits * 1024 / self.sent
 
     def by_register(self) -> dict[str, int]:
@@ -91,8 +93,14 @@ def console_run(nbytes: int = 1024, console: str = "16550", *, exit_cost: int = 
                 seed: int = 0) -> ConsoleRun:
     """Run a VM whose one program writes ``nbytes`` (newline included) to the console."""
     expect_int(nbytes, "nbytes", minimum=1, maximum=MAX_PAYLOAD)
+    expect_int(seed, "seed")
     hv = Hypervisor(HypervisorConfig(exit_cost=exit_cost), seed=seed)
     vm = hv.create_vm("vm", GuestKernel((hello(text="x" * (nbytes - 1)),), console=console))
     hv.run(20 * nbytes * (exit_cost + 100) + 1_000_000)
+    if vm.state != "halted":
+        raise VmkitError(
+            f"the guest did not finish: with exit_cost={exit_cost}, the exits of each timer tick "
+            f"(every {vm.guest.kernel.timer_period} instructions) leave it almost no time to "
+            f"run; use a smaller exit_cost")
     return ConsoleRun(console, len(vm.guest.devices.uart.sent), decode_io_exits(hv, "vm"),
                       exit_cost)

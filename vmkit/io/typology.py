@@ -60,7 +60,7 @@ class DeviceExample:
     @property
     def label(self) -> str:
         """The device's French name, as the course's table shows it."""
-        return LABELS[self.name]
+        return LABELS.get(self.name, self.name)
 
 
 EXAMPLES: tuple[DeviceExample, ...] = (
