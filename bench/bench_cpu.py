@@ -22,6 +22,7 @@ import time
 from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_64, Uc
 from unicorn.x86_const import UC_X86_INS_CPUID, UC_X86_REG_RIP, UC_X86_REG_RSP
 
+from bench import REPEAT, best_of
 from vmkit.cpu import programs
 from vmkit.cpu.asm import assemble
 from vmkit.cpu.hypervisor import Hypervisor, HypervisorConfig
@@ -33,24 +34,8 @@ GUEST_TIMER = 50_000              # the guest's PIT period, in instructions
 QUANTA = (1_000, 10_000, 100_000)  # VMX-preemption timer values
 SLICES = (1_000, 10_000, 100_000)  # emu_start(count=N)
 CPUIDS = 2_000
-REPEAT = 3                        # best of REPEAT, to tame noise
 BASE = 0x1000
 LIMIT = 10_000_000_000            # "run to completion" for vmkit runs
-
-
-def _best(prepare) -> tuple[float, int]:
-    """Best wall time of REPEAT runs, and the count the run returned.
-
-    ``prepare()`` builds everything (assembly, memory, boot image) outside the
-    timing and returns the run itself, a callable returning a count.
-    """
-    best, count = float("inf"), 0
-    for _ in range(REPEAT):
-        run = prepare()
-        start = time.perf_counter()
-        count = run()
-        best = min(best, time.perf_counter() - start)
-    return best, count
 
 
 def _loop_source(work: int, rounds: int) -> str:
@@ -199,18 +184,18 @@ def throughput() -> None:
     print("    'vs sliced' compares with raw unicorn counting instructions in slices of the same size:")
     print("    the price of determinism (unicorn's per-instruction count hook) is in that baseline.")
     print(f"{'run':<44} {'instr':>10} {'ms':>10} {'Minstr/s':>10} {'vs raw':>9} {'vs sliced':>11}")
-    seconds, count = _best(lambda: raw_loop())
+    seconds, count = best_of(lambda: raw_loop())
     raw = count / seconds
     print(_row("raw unicorn, one emu_start", seconds, count, None))
     sliced = {}
     for n in SLICES:
-        seconds, count = _best(lambda n=n: raw_loop(n))
+        seconds, count = best_of(lambda n=n: raw_loop(n))
         sliced[n] = count / seconds
         print(_row(f"raw unicorn, emu_start(count={n:,})", seconds, count, raw))
-    seconds, count = _best(machine_loop)
+    seconds, count = best_of(machine_loop)
     print(_row("vmkit Machine (bare metal, guest kernel)", seconds, count, raw, sliced[max(SLICES)]))
     for q in QUANTA:
-        seconds, count = _best(lambda q=q: hypervisor_loop(q))
+        seconds, count = best_of(lambda q=q: hypervisor_loop(q))
         print(_row(f"vmkit Hypervisor, preemption timer {q:,}", seconds, count, raw, sliced[q]))
 
 
@@ -223,7 +208,7 @@ def exit_cost() -> None:
             ("vmkit Hypervisor (CPUID VM exit)", cpuid_hypervisor)]
     baseline = None
     for name, run in rows:
-        seconds, count = _best(run)
+        seconds, count = best_of(run)
         per = seconds / count * 1e6
         baseline = baseline or per
         print(f"{name:<44} {count:>10,} {seconds * 1e3:>10.1f} {per:>10.2f} {per / baseline:>9.1f}")

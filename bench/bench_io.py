@@ -11,8 +11,9 @@ Wall-clock time is read here, and only here.
 
 from __future__ import annotations
 
-import time
+from functools import partial
 
+from bench import REPEAT, best_of
 from vmkit.io.ring import (
     BLKIF_OP_READ, BLKIF_RSP_OKAY, BackRing, BlkifRequest, BlkifResponse, FrontRing, Segment,
     SharedRing,
@@ -21,16 +22,6 @@ from vmkit.io.virtqueue import Device, Driver, Virtqueue
 
 REQUESTS = 4096
 BATCHES = (1, 4, 16, 32)
-REPEAT = 3
-
-
-def _best(run) -> tuple[float, int]:
-    best, notes = float("inf"), 0
-    for _ in range(REPEAT):
-        start = time.perf_counter()
-        notes = run()
-        best = min(best, time.perf_counter() - start)
-    return best, notes
 
 
 def _xen_ring(batch: int) -> int:
@@ -74,7 +65,7 @@ def main() -> None:
         print(f"{title}: {REQUESTS} requests, best of {REPEAT}")
         base = None
         for batch in BATCHES:
-            seconds, notifications = _best(lambda: run(batch))
+            seconds, notifications = best_of(lambda: partial(run, batch))
             rate = REQUESTS / seconds
             base = base or rate
             print(f"  batch {batch:>2}   {rate:>10,.0f} requests/s   {rate / base:>6.2f}   "

@@ -11,10 +11,12 @@ Wall-clock time is read here, and only here.
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn.x86_const import UC_X86_REG_RSP
 
+from bench import best_of
 from vmkit.cpu.asm import assemble
 from vmkit.memory.mmu import MMU
 from vmkit.memory.nested import nested_setup, walk_2d
@@ -23,16 +25,6 @@ from vmkit.memory.paging import AddressSpace, walk
 from vmkit.memory.physical import PhysicalMemory
 
 PAGES, LOOPS = 64, 200
-REPEAT = 3
-
-
-def _best(run) -> float:
-    best = float("inf")
-    for _ in range(REPEAT):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def translations() -> None:
@@ -51,7 +43,7 @@ def translations() -> None:
     ]
     base = None
     for name, run, count in rows:
-        rate = count / _best(run)
+        rate = count / best_of(lambda run=run: run)[0]
         base = base or rate
         print(f"  {name:<40} {rate:>12,.0f} /s   {rate / base:>8.4f}")
 
@@ -86,15 +78,12 @@ def program() -> None:
         uc.mem_write(CODE, code)
         uc.emu_start(CODE, CODE + len(code) - 1)
 
-    baseline = _best(raw)
+    baseline, _ = best_of(lambda: raw)
     print(f"  {'raw unicorn, flat memory':<40} {baseline * 1e3:>9.2f} ms   1")
     for nested in (False, True):
-        seconds = float("inf")
-        for _ in range(REPEAT):  # tables are built outside the timing, as raw unicorn's mapping is
-            paged = PagedProgram(_program(), nested=nested, data_pages=PAGES)
-            start = time.perf_counter()
-            paged.run(10_000_000)
-            seconds = min(seconds, time.perf_counter() - start)
+        # tables are built outside the timing, as raw unicorn's mapping is
+        seconds, _ = best_of(lambda nested=nested: partial(
+            PagedProgram(_program(), nested=nested, data_pages=PAGES).run, 10_000_000))
         name = "vmkit MMU, nested (2D walks)" if nested else "vmkit MMU, native walks"
         print(f"  {name:<40} {seconds * 1e3:>9.2f} ms   {baseline / seconds:.4f} of raw speed")
 
